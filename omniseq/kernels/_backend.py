@@ -3,12 +3,18 @@
 ``backend="auto"`` picks Triton for CUDA tensors when Triton imports, else the
 PyTorch path. ``OMNISEQ_KERNEL_BACKEND=torch|triton`` forces a backend globally,
 which is how a user works around a kernel bug without touching code.
+
+:func:`own_precision` keeps ``torch.autocast`` out of a kernel: each kernel picks
+its own compute dtype (fp32 for fp16/bf16 inputs) and casts its result back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -45,3 +51,40 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     if backend == "triton" and not triton_available():
         raise RuntimeError("backend='triton' requested but triton is not importable")
     return backend
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def _autocast_off(tensors: list[torch.Tensor]) -> contextlib.AbstractContextManager:
+    device_type = tensors[0].device.type if tensors else "cpu"
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
+def own_precision(kernel: F) -> F:
+    """Run ``kernel`` with autocast disabled on its tensors' device.
+
+    Under ``torch.autocast`` every matmul, einsum and FFT inside a kernel would
+    silently drop to bf16/fp16, including the ones that carry recurrent states
+    and products of ``exp`` of cumulative gates (fp16 overflows at ``exp(11)``;
+    the Vision Mamba AMP NaNs came from this). The kernels instead upcast half
+    inputs to fp32 themselves and return the input dtype, so autocast only ever
+    sees their inputs and outputs.
+    """
+
+    @functools.wraps(kernel)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        with _autocast_off(tensors):
+            return kernel(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def wide_float(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (not MPS): for sums whose differences are exponentiated."""
+    return torch.float32 if device.type == "mps" else torch.float64

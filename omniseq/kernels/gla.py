@@ -18,6 +18,14 @@ strong the gates are and gradients stay finite:
 - a wider block is split into 4 sub-blocks (secondary chunking): cross pairs
   factor through a reference token with both exponents ``<= 0``, and the
   sub-blocks recurse, down to an explicit ``(C, C, K)`` decay on 4-token blocks.
+
+Precision: half inputs (fp16/bf16) run in fp32 and autocast is kept out
+(:func:`own_precision`). Chunks whose cumulative log gates reach
+beyond ``-32`` are summed in float64 (fp32 on MPS) and cast to the compute dtype
+only as the differences that get exponentiated: an fp32 sum near ``-1e3`` has an
+ulp of ``6e-5``, so ``G_i - G_j`` between two tokens after a strong gate would
+otherwise carry that absolute error into ``exp`` (~1e-1 relative error with
+``-1e4`` gates, against ~1e-5 now).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omniseq.kernels._backend import resolve_backend
+from omniseq.kernels._backend import own_precision, resolve_backend, wide_float
 
 __all__ = [
     "gated_linear_attention",
@@ -38,6 +46,9 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # Largest per-channel range of cumulative log gates within a block for which
 # exp(+-range/2) (times q and k) stays well inside the dtype's normal range.
 _FACTOR_SPAN = {torch.float32: 60.0, torch.float64: 600.0}
+# Largest |cumulative log gate| within a chunk that an fp32 sum holds to ~4e-6 absolute
+# error (its ulp at 32), on par with the matmuls; beyond it the gates are summed in float64.
+_NARROW_GATE_SUM = {torch.float32: 32.0}
 
 
 def _check_inputs(
@@ -80,6 +91,7 @@ def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
+@own_precision
 def gated_linear_attention_recurrent(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -124,6 +136,7 @@ def gated_linear_attention_recurrent(
 gated_linear_attention_reference = gated_linear_attention_recurrent
 
 
+@own_precision
 def gated_linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -194,6 +207,11 @@ def _chunked_forward(
         state = initial_state.to(dtype)
     cum_g = g.cumsum(dim=-2)
     with torch.no_grad():
+        narrow_enough = bool(cum_g.abs().amax() <= _NARROW_GATE_SUM.get(dtype, float("inf")))
+    if not narrow_enough:  # strong gates: sum them in float64 (see the module docstring)
+        g = g.to(wide_float(q.device))
+        cum_g = g.cumsum(dim=-2)
+    with torch.no_grad():
         high, low = cum_g.amax(dim=-2, keepdim=True), cum_g.amin(dim=-2, keepdim=True)
         all_factorable = bool((high - low).amax() <= _FACTOR_SPAN.get(dtype, 0.0))
     if all_factorable:
@@ -232,18 +250,18 @@ def _forward_factored(
     ``exp(G_i - G_j) = exp(G_i - c) * exp(c - G_j)`` with both factors within
     ``exp(+-span/2)``; one ``exp`` pass serves the intra-chunk matmul, the
     state read ``exp(G_i)`` and the state update ``exp(G_last - G_j)``.
-    Tensors are ``(B, H, N, C, *)``.
+    Tensors are ``(B, H, N, C, *)``; ``cum_g`` and ``centre`` may be wider (float64).
     """
     C = q.shape[-2]
-    decay = (cum_g - centre).exp()
+    decay = _exp(cum_g - centre, q.dtype)
     q_decayed, k_grown = q * decay, k / decay
     last = cum_g[..., -1:, :]
-    to_end = (last - centre).exp().transpose(-1, -2)  # (B, H, N, K, 1), <= 1
+    to_end = _exp(last - centre, q.dtype).transpose(-1, -2)  # (B, H, N, K, 1), <= 1
     chunk_update = (k_grown.transpose(-1, -2) @ v) * to_end
-    states_in, state = _scan_states(last.exp().transpose(-1, -2), chunk_update, state)
+    states_in, state = _scan_states(_exp(last, q.dtype).transpose(-1, -2), chunk_update, state)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     scores = (q_decayed @ k_grown.transpose(-1, -2)).masked_fill(~causal, 0.0)
-    o = scores @ v + q_decayed @ (states_in * centre.exp().transpose(-1, -2))
+    o = scores @ v + q_decayed @ (states_in * _exp(centre, q.dtype).transpose(-1, -2))
     return o, state
 
 
@@ -259,9 +277,9 @@ def _forward_general(
     C = q.shape[-2]
     last = cum_g[..., -1:, :]
     # Both exponents are <= 0: keys decayed to the chunk end, queries from its start.
-    chunk_update = (k * (last - cum_g).exp()).transpose(-1, -2) @ v
-    states_in, state = _scan_states(last.exp().transpose(-1, -2), chunk_update, state)
-    o = (q * cum_g.exp()) @ states_in
+    chunk_update = (k * _exp(last - cum_g, q.dtype)).transpose(-1, -2) @ v
+    states_in, state = _scan_states(_exp(last, q.dtype).transpose(-1, -2), chunk_update, state)
+    o = (q * _exp(cum_g, q.dtype)) @ states_in
 
     def rows(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, C, x.shape[-1])
@@ -270,13 +288,18 @@ def _forward_general(
     return o, state
 
 
+def _exp(exponent: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``exp`` in the compute dtype of a (possibly float64) difference of gate sums."""
+    return exponent.to(dtype).exp()
+
+
 def _intra(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, cum_g: torch.Tensor
 ) -> torch.Tensor:
     """Causal GLA inside blocks: ``o_i = sum_{j<=i} (q_i * exp(G_i - G_j) . k_j) v_j``.
 
-    Inputs are rows ``(M, C, *)``, ``cum_g`` the inclusive cumulative log gate of
-    each row. A row whose per-channel range of ``G`` is within the dtype's span
+    Inputs are rows ``(M, C, *)``, ``g`` and ``cum_g`` (possibly float64) the log gates and
+    the inclusive cumulative log gate of each row. A row whose per-channel range of ``G`` is within the dtype's span
     factors as ``exp(G_i - c) * exp(c - G_j)`` around the mid-range ``c``: one
     masked matmul with both factors in range. Other rows are split into
     sub-blocks (:func:`_intra_split`), down to an explicit form on tiny blocks.
@@ -301,7 +324,7 @@ def _intra(
 def _intra_factored(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, centred_g: torch.Tensor
 ) -> torch.Tensor:
-    decay = centred_g.exp()
+    decay = _exp(centred_g, q.dtype)
     C = q.shape[-2]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     scores = (q * decay) @ (k / decay).transpose(-1, -2)
@@ -322,11 +345,11 @@ def _intra_split(
     q_sub = q.reshape(M, n_sub, sub, K)
     local_g = g.reshape(M, n_sub, sub, K).cumsum(dim=-2)  # small magnitudes, for precision
     ref = cum_g.reshape(M, n_sub, sub, K)[:, :, :1, :]  # (M, n_sub, 1, K)
-    q_ref = q_sub * (local_g - local_g[:, :, :1, :]).exp()
+    q_ref = q_sub * _exp(local_g - local_g[:, :, :1, :], q.dtype)
     starts = torch.arange(n_sub, device=q.device) * sub
     before = torch.arange(C, device=q.device).unsqueeze(0) < starts.unsqueeze(1)
     k_gap = (ref - cum_g.unsqueeze(1)).masked_fill(~before.unsqueeze(-1), float("-inf"))
-    k_ref = k.unsqueeze(1) * k_gap.exp()  # (M, n_sub, C, K): keys seen from each ref
+    k_ref = k.unsqueeze(1) * _exp(k_gap, q.dtype)  # (M, n_sub, C, K): keys seen from each ref
     o = (q_ref @ k_ref.transpose(-1, -2)) @ v.unsqueeze(1)  # (M, n_sub, sub, V)
 
     def blocks(x: torch.Tensor) -> torch.Tensor:
@@ -343,6 +366,6 @@ def _intra_explicit(
     C = q.shape[-2]
     diff = cum_g.unsqueeze(-2) - cum_g.unsqueeze(-3)  # (M, i, j, K)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = diff.masked_fill(~causal.unsqueeze(-1), float("-inf")).exp()
+    decay = _exp(diff.masked_fill(~causal.unsqueeze(-1), float("-inf")), q.dtype)
     scores = (decay * (q.unsqueeze(-2) * k.unsqueeze(-3))).sum(-1)
     return scores @ v

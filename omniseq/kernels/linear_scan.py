@@ -12,6 +12,9 @@ Hillis-Steele scan, wide ones a plain step loop, which measured fastest on CPU.
 Gradients come from a custom autograd function whose backward is the same scan
 run the other way (the adjoint of a linear recurrence is a linear recurrence),
 so memory is that of the inputs and the states, and double backward works.
+
+fp16/bf16 inputs are scanned in fp32 (states never round to 8 mantissa bits) and
+the states returned in the input dtype; autocast is kept out (:func:`own_precision`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 
 import torch
 
-from omniseq.kernels._backend import resolve_backend
+from omniseq.kernels._backend import own_precision, resolve_backend
 
 __all__ = ["linear_scan", "linear_scan_reference"]
 
@@ -182,6 +185,7 @@ def _compute_dtype(*tensors: torch.Tensor | None) -> tuple[torch.dtype, torch.dt
     return dtype, work
 
 
+@own_precision
 def linear_scan(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -217,6 +221,7 @@ def linear_scan(
     return h.reshape(shape).to(dtype)
 
 
+@own_precision
 def linear_scan_reference(
     a: torch.Tensor,
     b: torch.Tensor,

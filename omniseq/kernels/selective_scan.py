@@ -12,6 +12,10 @@ the chunk's last state seeds the next one, so the full ``(B, L, D, N)`` tensor n
 exists. The decays are true products of ``exp(dt * A)``, so any sign of ``A`` is
 exact. When gradients are needed for a large problem each chunk is checkpointed:
 backward keeps only the inputs and one state per chunk and recomputes the rest.
+
+Precision: with fp16/bf16 inputs (or under autocast, which is kept out of the
+kernel by :func:`own_precision`) ``softplus(delta + bias)``, ``exp(dt * A)``, the
+states and the ``C``-readout all run in fp32; only ``y`` is cast back to ``u``'s dtype.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from omniseq.kernels._backend import resolve_backend
+from omniseq.kernels._backend import own_precision, resolve_backend
 from omniseq.kernels.linear_scan import linear_scan
 
 __all__ = ["selective_scan", "selective_scan_reference"]
@@ -137,6 +141,7 @@ def _scan_chunks(
     return y, state
 
 
+@own_precision
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -198,6 +203,7 @@ def selective_scan(
     return (y, state) if return_last_state else y
 
 
+@own_precision
 def selective_scan_reference(
     u: torch.Tensor,
     delta: torch.Tensor,

@@ -5,6 +5,10 @@ flash-linear-attention's ``GatedLinearAttention`` (``q_proj``, ``k_proj``,
 ``v_proj``, low-rank ``gk_proj``, output gate ``g_proj``, per-head RMSNorm with
 swish gate, ``o_proj``). ViG: Liao et al. 2024, https://arxiv.org/abs/2405.18425 —
 bidirectional GLA with per-direction forget gates and 2D locality injection.
+
+Mixed precision: the log forget gates are computed in fp32 (or wider) from the
+gate logits, the kernel keeps its gate sums and states in fp32 or better, and
+the per-head RMSNorm runs in its weight's dtype (fp32 under autocast).
 """
 
 from __future__ import annotations
@@ -91,7 +95,10 @@ class GatedLinearAttention(Mixer):
         return t.reshape(*t.shape[:-1], self.num_heads, head_dim)
 
     def _forget_gate(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self._heads(F.logsigmoid(proj(x)) / self.gate_logit_normalizer, self.head_k_dim)
+        logits = proj(x)
+        # A bf16 log gate near 0 keeps 8 mantissa bits: -1e-3 would come out 0.4% off.
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        return self._heads(F.logsigmoid(logits) / self.gate_logit_normalizer, self.head_k_dim)
 
     def _inject_locality(self, v: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
         if grid is None:
@@ -110,7 +117,8 @@ class GatedLinearAttention(Mixer):
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-head RMSNorm, swish output gate, output projection."""
         gate = self._heads(self.g_proj(x), self.head_v_dim)
-        o = self.g_norm(o) * F.silu(gate)
+        # Under autocast o is bf16/fp16 and the norm weight fp32; norm in the weight's dtype.
+        o = self.g_norm(o.to(self.g_norm.weight.dtype)) * F.silu(gate)
         return self.o_proj(o.flatten(-2))
 
     def forward(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:

@@ -5,6 +5,10 @@ Mamba: Gu & Dao 2023, https://arxiv.org/abs/2312.00752. Parameter names follow
 (Zhu et al. 2024, https://arxiv.org/abs/2401.09417): a backward branch with its
 own ``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b`` runs over the
 reversed sequence and the two branch outputs are averaged before ``out_proj``.
+
+Mixed precision: ``softplus(delta + dt_bias)``, ``exp(dt A)`` and the SSM state run
+in fp32 inside :func:`~omniseq.kernels.selective_scan` (``step`` included), whatever
+the dtype of the projections around them.
 """
 
 from __future__ import annotations
@@ -157,16 +161,28 @@ class Mamba(Mixer):
         }
 
     def step(self, x_t: torch.Tensor, state: dict[str, torch.Tensor]):
-        """One token; the conv window holds the last ``d_conv`` inputs, newest last."""
+        """One token; the conv window holds the last ``d_conv`` inputs, newest last.
+
+        The SSM update is the kernel's own on a length-1 sequence, so it keeps the
+        state in fp32 under autocast exactly as the parallel form does.
+        """
         self.require_causal()
         self.check_step_input(x_t)
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
-        window = torch.cat([state["conv"][:, :, 1:], xs[:, :, None]], dim=-1)
+        window = torch.cat([state["conv"][:, :, 1:], xs[:, :, None].to(state["conv"].dtype)], -1)
         u = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
         dt_low, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt_low))  # (B, d_inner)
-        decay = torch.exp(delta[:, :, None] * -torch.exp(self.A_log))
-        h = decay * state["ssm"] + (delta * u)[:, :, None] * B[:, None, :]
-        y = torch.einsum("bdn,bn->bd", h, C) + self.D * u
-        y = y * F.silu(z)
-        return self.out_proj(y), {"conv": window, "ssm": h}
+        y, h = selective_scan(
+            u[:, None],
+            F.linear(dt_low, self.dt_proj.weight)[:, None],
+            -torch.exp(self.A_log),
+            B[:, None],
+            C[:, None],
+            D=self.D,
+            z=z[:, None],
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=state["ssm"],
+            return_last_state=True,
+        )
+        return self.out_proj(y[:, 0]), {"conv": window, "ssm": h}

@@ -10,6 +10,10 @@ Both keep complex parameters as real views (``(..., 2)``) so that ``.double()``
 and optimisers treat them as ordinary real tensors, and keep ``Re(A) < 0`` by
 parametrising ``Re(A) = -exp(.)``. Both use the conjugate-symmetric convention
 ``y = 2 Re(C x)``: N/2 stored modes stand for N real-valued ones.
+
+Mixed precision: the complex parameters, their discretisation and the states are
+at least fp32 (complex64) whatever the module's dtype (bf16 has no complex type),
+and autocast never touches complex tensors; outputs return to the input's dtype.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ def _log_uniform(n: int, low: float, high: float) -> torch.Tensor:
     return torch.rand(n) * (math.log(high) - math.log(low)) + math.log(low)
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _complex_param(real_view: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_complex(real_view.contiguous())
+    return torch.view_as_complex(_at_least_fp32(real_view).contiguous())
 
 
 def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -89,7 +97,7 @@ class S4D(Mixer):
 
     @property
     def A(self) -> torch.Tensor:
-        return torch.complex(-torch.exp(self.A_real), self.A_imag)
+        return torch.complex(-torch.exp(_at_least_fp32(self.A_real)), _at_least_fp32(self.A_imag))
 
     def kernel(self, length: int, backward: bool = False) -> torch.Tensor:
         """Real convolution kernel ``(dim, length)`` of one direction."""
@@ -123,7 +131,7 @@ class S4D(Mixer):
         self.require_causal()
         self.check_step_input(x_t)
         A = self.A
-        decay = torch.exp(torch.exp(self.log_dt)[:, None] * A)
+        decay = torch.exp(torch.exp(_at_least_fp32(self.log_dt))[:, None] * A)
         state = decay * state + ((decay - 1) / A) * x_t[:, :, None]
         y = 2 * (_complex_param(self.C) * state).sum(-1).real + self.D * x_t
         return self._head(y.to(x_t.dtype)), state
@@ -173,8 +181,10 @@ class S5(Mixer):
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """ZOH: ``(Lbar (P,), Bbar (P, dim))``, complex."""
-        Lambda = torch.complex(-torch.exp(self.Lambda_re_log), self.Lambda_im)
-        Lbar = torch.exp(Lambda * torch.exp(self.log_dt))
+        Lambda = torch.complex(
+            -torch.exp(_at_least_fp32(self.Lambda_re_log)), _at_least_fp32(self.Lambda_im)
+        )
+        Lbar = torch.exp(Lambda * torch.exp(_at_least_fp32(self.log_dt)))
         Bbar = ((Lbar - 1) / Lambda)[:, None] * _complex_param(self.B)
         return Lbar, Bbar
 
