@@ -81,6 +81,13 @@ class OmniseqCLI(LightningCLI):
         has_best = bool(getattr(self.trainer.checkpoint_callback, "best_model_path", ""))
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI swaps in the checkpoint's model silently; refuse another task's checkpoint first.
+        from omniseq.recipes.checkpoints import check_checkpoint_matches_config
+
+        check_checkpoint_matches_config(self.config)
+        super()._parse_ckpt_path()
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     # Recipes write `${data.init_args.seq_len}`; under a subcommand the config

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
 
 LossName = Literal["mse", "mae", "huber"]
 _LOSSES = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
 
 
-class ForecastingTask(L.LightningModule):
+class ForecastingTask(CheckpointOrigin, L.LightningModule):
     """Fit a forecasting backbone ``(x (B, L, C), x_mark) -> (B, H, C)`` with MSE/MAE metrics.
 
     Metrics are computed in the DataModule's normalised space, the convention of

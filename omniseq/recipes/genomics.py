@@ -19,6 +19,7 @@ from torchmetrics.classification import (
 
 from omniseq.backbones.dna import rc_gather_index
 from omniseq.domains.genomics import NucleotideTokenizer, mask_tokens
+from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
 
 __all__ = ["DNAPretrainTask", "SequenceClassificationTask", "load_backbone_weights", "random_reverse_complement"]
@@ -55,7 +56,7 @@ def _optimizers(task: L.LightningModule, lr: float, weight_decay: float, warmup_
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class DNAPretrainTask(L.LightningModule):
+class DNAPretrainTask(CheckpointOrigin, L.LightningModule):
     """Masked (BERT 15%, 80/10/10) or causal language-model pretraining of a DNA backbone.
 
     The backbone maps token ids ``(B, L)`` to logits ``(B, L, vocab)`` (``DNAModel``,
@@ -173,7 +174,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     return list(result.missing_keys)
 
 
-class SequenceClassificationTask(L.LightningModule):
+class SequenceClassificationTask(CheckpointOrigin, L.LightningModule):
     """Classify whole sequences from the backbone's pooled embedding (``forward_pooled``).
 
     Args:

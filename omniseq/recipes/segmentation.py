@@ -20,6 +20,7 @@ from torchmetrics.classification import (
 
 from omniseq.domains.vision.inference import sliding_window_inference
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.checkpoints import CheckpointOrigin
 
 __all__ = ["SegmentationTask", "dice_loss", "save_overlay"]
 
@@ -54,7 +55,7 @@ def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, alph
     Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(CheckpointOrigin, L.LightningModule):
     """Per-pixel classification with cross-entropy + Dice and torchmetrics mIoU / Dice / accuracy.
 
     Args:

@@ -10,12 +10,13 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
 from omniseq.domains.audio.metrics import pit_si_snr, sdr_improvement, si_snr_improvement
+from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
 
 __all__ = ["CPUTimeBudget", "SeparationTask"]
 
 
-class SeparationTask(L.LightningModule):
+class SeparationTask(CheckpointOrigin, L.LightningModule):
     """Fit a separator ``(B, T) -> (B, S, T)`` on batches ``{"mixture", "sources"}``.
 
     Loss: negative permutation-invariant SI-SNR. Validation logs ``val/loss``

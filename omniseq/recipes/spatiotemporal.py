@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
 
+from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
 
 __all__ = ["SpatiotemporalTask", "masked_values"]
@@ -26,7 +27,7 @@ def masked_values(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return pred[keep], target[keep]
 
 
-class SpatiotemporalTask(L.LightningModule):
+class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
     """Fit a frame forecaster ``(B, T, C, H, W) -> (B, pred_len, C_out, H, W)``.
 
     Loss and metrics use only cells whose ``mask`` is 1 (land in WFDE5). Metrics,
