@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from omniseq.api._saved import load_payload, save_payload
 from omniseq.backbones.dna import DNAModel
 from omniseq.domains.genomics import NucleotideTokenizer, read_fasta
+from omniseq.recipes.checkpoints import read_checkpoint
 from omniseq.recipes.genomics import DNAPretrainTask, SequenceClassificationTask
 
 __all__ = ["DNAEncoder"]
@@ -71,7 +73,12 @@ class DNAEncoder:
     def from_checkpoint(cls, path: str | Path, **tokenizer_options) -> DNAEncoder:
         """From a ``SequenceClassificationTask`` (backbone + head) or ``DNAPretrainTask`` checkpoint
         written by the ``omniseq`` CLI (its backbone config is stored in the checkpoint)."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        state = read_checkpoint(path)
+        if "state_dict" not in state:
+            raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict'); for DNAEncoder.save files use "
+                             "DNAEncoder.load")
         is_classifier = any(k.startswith("head.") for k in state["state_dict"])
         task_cls = SequenceClassificationTask if is_classifier else DNAPretrainTask
         task = task_cls.load_from_checkpoint(path, map_location="cpu")
@@ -90,11 +97,12 @@ class DNAEncoder:
             "head_state": None if self.head is None else self.head.state_dict(),
             "head_shape": None if self.head is None else self._head_shape(),
         }
-        torch.save(payload, path)
+        save_payload(payload, path, "DNAEncoder")
 
     @classmethod
     def load(cls, path: str | Path) -> DNAEncoder:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        keys = ("backbone_class", "backbone_config", "backbone_state", "tokenizer", "head_state")
+        payload = load_payload(path, "DNAEncoder", keys, weights_only=False, has_from_checkpoint=True)
         backbone = _build(payload["backbone_class"], payload["backbone_config"])
         backbone.load_state_dict(payload["backbone_state"])
         head = None
@@ -112,7 +120,14 @@ class DNAEncoder:
     # -- inference ---------------------------------------------------------------------
 
     def _sequences(self, sequences: SequencesLike) -> tuple[list[str], list[str]]:
-        if isinstance(sequences, (str, Path)) and Path(sequences).is_file():
+        # A DNA string never holds '/' or '.', so such a string is a path, not a sequence.
+        looks_like_path = isinstance(sequences, Path) or (isinstance(sequences, str) and any(c in sequences for c in "/\\."))
+        if looks_like_path or (isinstance(sequences, str) and Path(sequences).is_file()):
+            if not Path(sequences).is_file():
+                raise FileNotFoundError(
+                    f"{sequences}: no such FASTA file (a string with '/' or '.' is read as a path; "
+                    "pass a list of strings to embed sequences)"
+                )
             pairs = read_fasta(sequences)
             return [s for _, s in pairs], [r for r, _ in pairs]
         if isinstance(sequences, str):

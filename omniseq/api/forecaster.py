@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from omniseq.api._saved import load_payload, save_payload
 from omniseq.backbones.itransformer import ITransformer
 from omniseq.backbones.tsmixer import TSMixer
 from omniseq.data.forecasting import ForecastingDataModule
@@ -118,7 +119,9 @@ class Forecaster:
                 **(self.config["trainer_options"] or {}),
             }
             early = EarlyStopping(monitor="val/loss", mode="min", patience=self.config["patience"])
-            trainer = L.Trainer(callbacks=[best, early], **options)
+            # The user's callbacks run beside the two this method relies on, not instead of them.
+            callbacks = [best, early, *(options.pop("callbacks", None) or [])]
+            trainer = L.Trainer(callbacks=callbacks, **options)
             trainer.fit(self.task, datamodule=dm)
             if best.best_model_path:
                 state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
@@ -203,8 +206,15 @@ class Forecaster:
 
     def set_data(self, data: Any) -> Forecaster:
         """Attach data (same columns) to a loaded Forecaster for ``evaluate``/``plot``."""
-        self.datamodule = self._make_datamodule(data)
-        self.datamodule.setup()
+        datamodule = self._make_datamodule(data)
+        expected = self._meta.get("input_columns")
+        if expected is not None and list(datamodule.input_columns) != list(expected):
+            raise ValueError(
+                f"set_data: the model was fitted on {len(expected)} input column(s) {expected}, but the data "
+                f"has {len(datamodule.input_columns)}: {list(datamodule.input_columns)}; give the same columns"
+            )
+        datamodule.setup()
+        self.datamodule = datamodule
         return self
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
@@ -256,13 +266,12 @@ class Forecaster:
     def save(self, path: str | Path) -> Path:
         """Weights, settings and the last lookback (so ``predict`` works after ``load`` without data)."""
         task = self._require_fitted()
-        path = Path(path)
-        torch.save({"config": self.config, "meta": self._meta, "state_dict": task.backbone.state_dict()}, path)
-        return path
+        payload = {"config": self.config, "meta": self._meta, "state_dict": task.backbone.state_dict()}
+        return save_payload(payload, path, "Forecaster")
 
     @classmethod
     def load(cls, path: str | Path) -> Forecaster:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = load_payload(path, "Forecaster", ("config", "meta", "state_dict"), weights_only=False)
         forecaster = cls(**saved["config"])
         forecaster._meta = saved["meta"]
         backbone = forecaster._backbone(saved["meta"]["num_channels"], saved["meta"]["num_time_features"])

@@ -10,7 +10,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from omniseq.data.segmentation import SegmentationDataModule, read_image
+from omniseq.api._saved import load_payload, save_payload
+from omniseq.data.segmentation import SegmentationDataModule, check_finite, read_image
 from omniseq.domains.vision.segmentation import SegmentationNet
 from omniseq.recipes.segmentation import SegmentationTask
 
@@ -73,7 +74,8 @@ class Segmenter:
     def _prepare(self, image: np.ndarray | torch.Tensor | str | Path) -> torch.Tensor:
         if isinstance(image, (str, Path)):
             image = read_image(image)
-        raw = np.asarray(image)
+        raw = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        check_finite(raw, "Segmenter.predict: the image")
         x = torch.from_numpy(np.array(raw)).float()
         if raw.dtype == np.uint8:
             x = x / 255.0
@@ -112,12 +114,12 @@ class Segmenter:
         return ax
 
     def save(self, path: str | Path) -> None:
-        torch.save({"config": self.config, "state_dict": self.task.state_dict(),
-                    "mean": self.mean, "std": self.std}, path)
+        save_payload({"config": self.config, "state_dict": self.task.state_dict(),
+                      "mean": self.mean, "std": self.std}, path, "Segmenter")
 
     @classmethod
     def load(cls, path: str | Path) -> Segmenter:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_payload(path, "Segmenter", ("config", "state_dict", "mean", "std"), weights_only=True)
         seg = cls(**blob["config"])
         seg.task.load_state_dict(blob["state_dict"])
         seg.mean, seg.std = blob["mean"], blob["std"]

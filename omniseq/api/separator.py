@@ -11,6 +11,7 @@ files and recordings shorter than the encoder kernel raise ``ValueError``.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from omniseq._files import atomic_path
+from omniseq.api._saved import load_payload, save_payload
 from omniseq.domains.audio.chunked import separate_chunked, separate_stream
-from omniseq.domains.audio.io import load_audio, resample, to_mono, write_audio
+from omniseq.domains.audio.io import check_complete, load_audio, resample, to_mono, write_audio
 
 __all__ = ["Separator"]
 
@@ -53,6 +56,8 @@ class Separator:
         """Load a ``SeparationTask`` checkpoint (the rate is read from its DataModule config when saved)."""
         from omniseq.recipes.separation import SeparationTask
 
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
         task = SeparationTask.load_from_checkpoint(str(path), map_location="cpu")
         if sample_rate is None:
             saved = torch.load(str(path), map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
@@ -74,11 +79,12 @@ class Separator:
         return self
 
     def save(self, path: str | Path) -> None:
-        torch.save({"model": self.model, "sample_rate": self.sample_rate, "chunk": self.chunk, "overlap": self.overlap}, str(path))
+        payload = {"model": self.model, "sample_rate": self.sample_rate, "chunk": self.chunk, "overlap": self.overlap}
+        save_payload(payload, path, "Separator")
 
     @classmethod
     def load(cls, path: str | Path) -> Separator:
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
+        state = load_payload(path, "Separator", ("model", "sample_rate", "chunk", "overlap"), weights_only=False, has_from_checkpoint=True)
         sep = cls(state["model"], state["sample_rate"])
         sep.chunk, sep.overlap = state["chunk"], state["overlap"]
         return sep
@@ -133,32 +139,36 @@ class Separator:
 
         Memory is bounded by the chunk size. Files at another rate than the
         model's are first loaded whole and resampled (memory then grows with length).
+        The wavs are written under temporary names and renamed at the end, so a
+        failure part-way (a NaN sample, a read error) leaves no partial output.
         """
         path, out = Path(path), Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         info = _probe(path)
         if info.samplerate != self.sample_rate:
             sources = self.separate(path, out_dir=out)
             return [out / f"source_{i + 1}.wav" for i in range(len(sources))]
         self._check_length(info.frames, str(path))
-        writers: list[sf.SoundFile] = []
         preview: list[np.ndarray] = []
         limit = int(plot_seconds * self.sample_rate)
-        with sf.SoundFile(str(path)) as reader:
+        with sf.SoundFile(str(path)) as reader, ExitStack() as staged:
             def read(start: int, stop: int) -> np.ndarray:
                 reader.seek(start)
-                return to_mono(reader.read(stop - start, dtype="float32", always_2d=False), "mean", str(path))
+                block = to_mono(reader.read(stop - start, dtype="float32", always_2d=False), "mean", str(path))
+                if not np.isfinite(block).all():
+                    first = start + int(np.flatnonzero(~np.isfinite(block))[0])
+                    raise ValueError(f"{path}: contains NaN or infinite samples (the first at sample {first})")
+                return block
 
+            writers: list[sf.SoundFile] = []
             for block in separate_stream(self._run_model, read, info.frames, self.chunk, self.overlap):
                 if not writers:
-                    writers = [sf.SoundFile(str(out / f"source_{i + 1}.wav"), "w", self.sample_rate, 1, "PCM_16")
-                               for i in range(block.shape[0])]
+                    temps = [staged.enter_context(atomic_path(out / f"source_{i + 1}.wav")) for i in range(block.shape[0])]
+                    writers = [staged.enter_context(sf.SoundFile(str(t), "w", self.sample_rate, 1, "PCM_16"))
+                               for t in temps]
                 for w, s in zip(writers, block, strict=True):
                     w.write(np.clip(s, -1.0, 1.0).astype(np.float32))
                 if sum(b.shape[1] for b in preview) < limit:
                     preview.append(block)
-        for w in writers:
-            w.close()
         if preview:
             head = np.concatenate(preview, axis=1)[:, :limit]
             mixture, _ = load_audio(path, self.sample_rate) if info.frames <= limit else (None, None)
@@ -181,9 +191,11 @@ class Separator:
         axes[-1, 0].set_xlabel("seconds")
         fig.tight_layout()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
+        try:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=80)
+        finally:
+            plt.close(fig)
         return path
 
 
@@ -198,4 +210,5 @@ def _probe(path: Path) -> sf._SoundFileInfo:
         raise ValueError(f"{path}: cannot be decoded as audio ({err}); is it a valid wav/flac/ogg file?") from err
     if info.frames == 0:
         raise ValueError(f"{path}: the file holds no samples (empty recording)")
+    check_complete(info, str(path))
     return info

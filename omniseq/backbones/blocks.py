@@ -71,6 +71,7 @@ class Block(nn.Module):
         num_heads: int | None = None,
     ) -> None:
         super().__init__()
+        self.dim = dim
         context = {"causal": causal, "seq_len": seq_len, "num_heads": num_heads}
         context = {k: v for k, v in context.items() if v is not None}
         self.prenorm = prenorm
@@ -99,6 +100,8 @@ class Block(nn.Module):
         return self.norm2(x + self.drop_path2(self.ls2(self.mlp(x))))
 
     def forward(self, x: torch.Tensor, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.dim:  # else a LayerNorm error that names no block
+            raise ValueError(f"Block expects tokens of shape (B, L, {self.dim}), got {tuple(x.shape)}")
         if self.prenorm:
             x = x + self.drop_path1(self.ls1(self._mix(self.norm1(x), grid)))
         else:

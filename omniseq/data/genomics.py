@@ -234,7 +234,9 @@ class GenomePretrainDataModule(ResumableDataModuleMixin):
             return
         train, held = [], []
         for record, sequence in self.records():
-            ids = self.tokenizer.encode(sequence, record=record)
+            # Errors name the file as well as the record and position.
+            where = record if self.path is None else f"{self.path} record {record!r}"
+            ids = self.tokenizer.encode(sequence, record=where)
             cut = int(round(len(ids) * (1.0 - self.holdout_fraction)))
             train.append(ids[:cut])
             held.append(ids[cut:])
@@ -332,7 +334,10 @@ class SequenceClassificationDataModule(ResumableDataModuleMixin):
             return read_labeled(resolve_dataset(gue_dataset_name(self.task, split)))
         if self.data_dir is not None:
             path, labels = _find_split(self.data_dir, split)
-            return read_labeled(path, labels)
+            seqs, targets, records = read_labeled(path, labels)
+            if not path.name.endswith((".csv", ".csv.gz")):
+                records = [f"{path.name} record {r!r}" for r in records]  # FASTA ids: say which file
+            return seqs, targets, records
         options = {"n": 2000 if stage == "train" else 400, **self.synthetic}
         offset = {"train": 0, "val": 1, "test": 2}[stage]
         seqs, labels = synthetic_labeled(seed=self.seed * 3 + offset, **options)

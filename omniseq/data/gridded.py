@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from omniseq.data.loaders import ResumableDataModuleMixin
 from omniseq.data.registry import DatasetInfo, get_dataset_info, register_dataset, resolve_dataset
-from omniseq.data.series_io import table_kind
+from omniseq.data.series_io import load_xarray, table_kind
 from omniseq.data.synthetic import make_synthetic_grid
 
 __all__ = ["WFDE5_FILES", "GridWindowDataset", "GriddedDataModule", "open_grid", "split_by_days"]
@@ -53,12 +53,7 @@ STAGES = ("train", "val", "test")
 
 
 def _open_one(path: str | Path):
-    import xarray as xr
-
-    if table_kind(path) == "zarr":
-        return xr.open_zarr(path).load()
-    with xr.open_dataset(path) as dataset:
-        return dataset.load()
+    return load_xarray(path, table_kind(path))
 
 
 def open_grid(source: Any):

@@ -22,6 +22,7 @@ from omniseq.data.registry import DatasetInfo, get_dataset_info, register_datase
 
 __all__ = [
     "SegmentationDataModule",
+    "check_finite",
     "make_synthetic_membranes",
     "map_mask",
     "parse_indices",
@@ -43,15 +44,43 @@ register_dataset(
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image ``(H, W)`` / ``(H, W, C)``, or a stack ``(T, H, W[, C])`` for multi-page TIFF / 3D ``.npy``."""
-    path = Path(path)
-    if path.suffix.lower() == ".npy":
-        return np.load(path)
-    from PIL import Image, ImageSequence
+    """An image ``(H, W)`` / ``(H, W, C)``, or a stack ``(T, H, W[, C])`` for multi-page TIFF / 3D ``.npy``.
 
-    with Image.open(path) as image:
-        frames = [np.asarray(f.copy()) for f in ImageSequence.Iterator(image)]
+    A missing file raises FileNotFoundError; a truncated, corrupt or non-image file ValueError,
+    both naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    expected = f"expected one of {', '.join(IMAGE_SUFFIXES)}"
+    if path.suffix.lower() == ".npy":
+        try:
+            return np.load(path)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{path}: not a readable .npy array ({err}); is the file complete?") from err
+    from PIL import Image, ImageSequence, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            frames = [np.asarray(f.copy()) for f in ImageSequence.Iterator(image)]
+    except UnidentifiedImageError as err:
+        raise ValueError(f"{path}: not a recognised image file; {expected}") from err
+    except (OSError, SyntaxError, ValueError) as err:  # PIL reports truncation and bad chunks this way
+        raise ValueError(f"{path}: the image file is truncated or corrupt ({err}); re-export it") from err
     return frames[0] if len(frames) == 1 else np.stack(frames)
+
+
+def check_finite(image: np.ndarray, source: str) -> None:
+    """Refuse NaN / inf pixels, naming the first one (integer images cannot hold them)."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return
+    bad = ~np.isfinite(image)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{source}: {int(bad.sum())} NaN or infinite pixel value(s), the first at index {where}; "
+            "images must hold finite numbers (fill or mask them before use)"
+        )
 
 
 def _natural_key(path: Path) -> list:
@@ -256,6 +285,8 @@ class SegmentationDataModule(ResumableDataModuleMixin):
         images, masks = [], []
         for fi, fm in zip(image_files, mask_files, strict=True):
             image, raw = read_image(fi), read_image(fm)
+            check_finite(image, str(fi))
+            check_finite(raw, str(fm))
             spatial = raw.shape[:-1] if hp.palette is not None else raw.shape
             if image.shape[: len(spatial)] != spatial:
                 raise ValueError(
@@ -296,6 +327,14 @@ class SegmentationDataModule(ResumableDataModuleMixin):
         if len(channels) != 1:
             raise ValueError(f"training images have different channel counts {sorted(channels)}")
         self.in_chans = channels.pop()
+        for name, (xs, _, nm) in split.items():  # else normalisation broadcasts and the model fails later
+            labels = nm if len(nm) == len(xs) else [f"volume of {', '.join(nm[:3])}..."]  # stacked sections
+            odd = [n for x, n in zip(xs, labels, strict=True) if x.shape[0] != self.in_chans]
+            if odd:
+                raise ValueError(
+                    f"{name} image(s) {odd[:5]} have another channel count than the training images "
+                    f"({self.in_chans}); convert them (e.g. to grayscale or RGB) to match"
+                )
         flat = torch.cat([x.flatten(1) for x in split["train"][0]], dim=1)
         self.mean, self.std = flat.mean(1), flat.std(1).clamp_min(1e-6)
         for name, (xs, ys, nm) in split.items():

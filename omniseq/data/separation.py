@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from omniseq._files import atomic_path
 from omniseq.data.loaders import ResumableDataModuleMixin
 from omniseq.data.registry import DatasetInfo, cache_dir, register_dataset, resolve_dataset
 from omniseq.domains.audio.io import decode_audio, load_audio
@@ -304,21 +305,36 @@ class SeparationDataModule(ResumableDataModuleMixin):
             )
         return groups
 
-    def _fixed_specs(self, stage: str, noises: dict[str, np.ndarray]) -> list[dict]:
+    def _read_specs(self, stage: str) -> list[dict] | None:
+        """The fixed list of ``stage`` from ``list_dir``, or None when absent or of another size."""
         path = self.list_dir / f"{stage}.csv"
-        if path.is_file():
-            frame = pd.read_csv(path, keep_default_na=False)
-            if len(frame) == self.sizes[stage]:
-                return [{c: json.loads(row[c]) if c in ("keys", "crops", "offsets", "gains_db") else row[c]
-                         for c in frame.columns if c != "mixture_id"} for _, row in frame.iterrows()]
+        if not path.is_file():
+            return None
+        frame = pd.read_csv(path, keep_default_na=False)
+        if len(frame) != self.sizes[stage]:
+            return None
+        return [{c: json.loads(row[c]) if c in ("keys", "crops", "offsets", "gains_db") else row[c]
+                 for c in frame.columns if c != "mixture_id"} for _, row in frame.iterrows()]
+
+    def _draw_specs(self, stage: str, noises: dict[str, np.ndarray]) -> list[dict]:
         rng = np.random.default_rng([self.seed, STAGES.index(stage), 2024])
         groups = self._by_speaker(stage)
-        specs = [self._draw_spec(rng, groups, self.eval_segment, noises) for _ in range(self.sizes[stage])]
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return [self._draw_spec(rng, groups, self.eval_segment, noises) for _ in range(self.sizes[stage])]
+
+    def _write_specs(self, stage: str, specs: list[dict]) -> None:
         rows = [{"mixture_id": i, **{k: json.dumps(v) if isinstance(v, list) else v for k, v in s.items()}}
                 for i, s in enumerate(specs)]
-        pd.DataFrame(rows).to_csv(path, index=False)
-        return specs
+        with atomic_path(self.list_dir / f"{stage}.csv") as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+
+    def _fixed_specs(self, noises: dict[str, np.ndarray]) -> dict[str, list[dict]]:
+        """Val and test lists: read when present, else drawn (decoding every utterance they use)
+        and only then written, so a bad file leaves no list behind."""
+        specs = {stage: self._read_specs(stage) for stage in ("val", "test")}
+        drawn = {stage: self._draw_specs(stage, noises) for stage, found in specs.items() if found is None}
+        for stage, stage_specs in drawn.items():
+            self._write_specs(stage, stage_specs)
+        return {**specs, **drawn}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -332,6 +348,6 @@ class SeparationDataModule(ResumableDataModuleMixin):
             return self._draw_spec(rng, train_groups, self.segment, noises["train"])
 
         self.datasets["train"] = MixtureDataset(self.bank, noises["train"], sampler=sample_train, size=self.sizes["train"])
-        for name in ("val", "test"):
-            self.datasets[name] = MixtureDataset(self.bank, noises["eval"], specs=self._fixed_specs(name, noises["eval"]))
+        for name, specs in self._fixed_specs(noises["eval"]).items():
+            self.datasets[name] = MixtureDataset(self.bank, noises["eval"], specs=specs)
 

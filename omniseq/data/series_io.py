@@ -7,14 +7,17 @@ turned into one ``DataFrame`` with a date column followed by the data columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["FillMethod", "fill_missing", "frame_from_object", "pandas_freq", "read_table", "table_kind"]
+__all__ = [
+    "FillMethod", "fill_missing", "frame_from_object", "load_xarray", "pandas_freq", "read_table", "table_kind",
+]
 
 FillMethod = Literal["error", "interpolate", "ffill"]
 _TABLE_SUFFIXES = {".csv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet",
@@ -85,30 +88,60 @@ def frame_from_object(data: Any, date_column: str | None) -> pd.DataFrame:
 def read_table(
     path: str | Path, date_column: str | None, header: bool = True, nrows: int | None = None
 ) -> pd.DataFrame:
-    """Read CSV / Parquet / NetCDF / Zarr into a DataFrame (date column first when there is one)."""
+    """Read CSV / Parquet / NetCDF / Zarr into a DataFrame (date column first when there is one).
+
+    An empty, truncated or undecodable file raises ValueError naming the file and the format expected.
+    """
     kind = table_kind(path)
     if kind == "csv":
-        if not header:
-            frame = pd.read_csv(path, header=None, nrows=nrows)
-            frame.columns = [str(i) for i in range(frame.shape[1] - 1)] + ["OT"]
-            return frame
-        return pd.read_csv(path, nrows=nrows)
-    if kind == "parquet":
-        frame = frame_from_object(pd.read_parquet(path), date_column)
-    else:
-        import xarray as xr
-
-        if kind == "zarr":
+        with _unreadable_as(path, "CSV"):
             try:
-                import zarr  # noqa: F401
-            except ImportError as err:
-                raise ImportError(f"{path}: reading Zarr needs the 'zarr' package (pip install zarr)") from err
-            dataset = xr.open_zarr(path)
-        else:
-            dataset = xr.open_dataset(path)
+                frame = pd.read_csv(path, header="infer" if header else None, nrows=nrows)
+            except pd.errors.EmptyDataError:
+                raise ValueError(f"{path}: the file is empty; expected a CSV table with a header row") from None
+        if not header:
+            frame.columns = [str(i) for i in range(frame.shape[1] - 1)] + ["OT"]
+    elif kind == "parquet":
+        with _unreadable_as(path, "Parquet"):
+            raw = pd.read_parquet(path)
+        frame = frame_from_object(raw, date_column)
+    else:
+        frame = _xarray_to_frame(load_xarray(path, kind), date_column or "date")
+        frame = frame if nrows is None else frame.iloc[:nrows]
+    if frame.empty:
+        raise ValueError(f"{path}: the table has no data rows (columns: {[str(c) for c in frame.columns]})")
+    return frame
+
+
+def load_xarray(path: str | Path, kind: str) -> Any:
+    """A NetCDF or Zarr file loaded into memory as an ``xarray.Dataset`` (ValueError if unreadable)."""
+    import xarray as xr
+
+    if kind == "zarr":
+        try:
+            import zarr  # noqa: F401
+        except ImportError as err:
+            raise ImportError(f"{path}: reading Zarr needs the 'zarr' package (pip install zarr)") from err
+    with _unreadable_as(path, "Zarr" if kind == "zarr" else "NetCDF"):
+        dataset = xr.open_zarr(path) if kind == "zarr" else xr.open_dataset(path)
         with dataset:
-            frame = _xarray_to_frame(dataset.load(), date_column or "date")
-    return frame if nrows is None else frame.iloc[:nrows]
+            return dataset.load()
+
+
+@contextmanager
+def _unreadable_as(path: str | Path, kind: str) -> Iterator[None]:
+    """Turn a reader's own error (pyarrow, netCDF4/HDF5, gzip, the CSV parser) into one naming the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as err:
+        if str(err).startswith(str(path)):
+            raise  # already names the file and the problem
+        raise ValueError(
+            f"{path}: cannot be read as {kind} ({type(err).__name__}: {err}); "
+            f"is the file complete (not truncated) and really {kind}?"
+        ) from err
 
 
 def fill_missing(

@@ -18,6 +18,7 @@ from torchmetrics.classification import (
     MulticlassJaccardIndex,
 )
 
+from omniseq._files import atomic_path
 from omniseq.domains.vision.inference import sliding_window_inference
 from omniseq.recipes.hparams import save_task_hyperparameters
 from omniseq.recipes.checkpoints import CheckpointOrigin
@@ -52,7 +53,8 @@ def save_overlay(image: torch.Tensor, mask: torch.Tensor, path: str | Path, alph
     tint = colours[np.clip(m, 0, len(colours) - 1)]
     on = (m > 0)[..., None]
     rgb = np.where(on, (1 - alpha) * rgb + alpha * tint, rgb)
-    Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
+    with atomic_path(path) as tmp:  # a crash mid-write leaves no half-written PNG
+        Image.fromarray((rgb * 255).astype(np.uint8)).save(tmp)
 
 
 class SegmentationTask(CheckpointOrigin, L.LightningModule):
@@ -142,7 +144,14 @@ class SegmentationTask(CheckpointOrigin, L.LightningModule):
         self._log_class_dice(self.test_class_dice, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        masks = self.infer(batch["image"]).argmax(1)
+        images = batch["image"]
+        if not torch.isfinite(images).all():  # NaN logits would give a meaningless mask, silently
+            first = tuple(int(i) for i in (~torch.isfinite(images)).nonzero()[0])
+            raise ValueError(
+                f"SegmentationTask.predict: batch {batch_idx} has NaN or infinite pixel values "
+                f"(first at (batch, channel, ...) index {first}); images must hold finite numbers"
+            )
+        masks = self.infer(images).argmax(1)
         if self.hparams.predict_dir:
             out = Path(self.hparams.predict_dir)
             out.mkdir(parents=True, exist_ok=True)

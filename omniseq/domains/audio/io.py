@@ -2,7 +2,7 @@
 
 Wav I/O goes through soundfile; resampling through ``torchaudio.functional``.
 Policy for bad input (each raises ``ValueError`` with the file named):
-- a missing, empty (no samples) or undecodable file is refused;
+- a missing, empty (no samples), truncated or undecodable file is refused;
 - more than one channel is mixed down to mono by averaging
   (``channels="refuse"`` refuses instead, ``channels=<int>`` picks one);
 - a sample rate other than the requested one is resampled
@@ -12,6 +12,7 @@ Policy for bad input (each raises ``ValueError`` with the file named):
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["decode_audio", "load_audio", "resample", "to_mono", "write_audio"]
+from omniseq._files import atomic_path
+
+__all__ = ["check_complete", "decode_audio", "load_audio", "resample", "to_mono", "write_audio"]
 
 ChannelPolicy = str | int
 
@@ -75,9 +78,30 @@ def _finish(
     return wav, rate
 
 
+# libsndfile's header log, e.g. "data : 16000 (should be 7978)" when the samples stop early.
+_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_STREAMING_SIZE = 0xFFFFFFFF  # size written by streaming encoders that cannot seek back
+
+
+def check_complete(info: sf.SoundFile | sf._SoundFileInfo, source: str) -> None:
+    """Refuse a wav whose header promises more samples than the file holds (a cut-off download
+    or copy), which libsndfile would otherwise read silently up to where the bytes stop."""
+    match = _DATA_CHUNK.search(info.extra_info or "")
+    if match is None or not str(info.format).startswith("WAV"):
+        return
+    declared, present = (int(g) for g in match.groups())
+    if present < declared < _STREAMING_SIZE:
+        raise ValueError(
+            f"{source}: truncated wav: the header declares {declared} bytes of samples but the file "
+            f"holds {present}; re-export or re-download it"
+        )
+
+
 def _read(handle, source: str) -> tuple[np.ndarray, int]:
     try:
-        return sf.read(handle, dtype="float32", always_2d=False)
+        with sf.SoundFile(handle) as audio:
+            check_complete(audio, source)
+            return audio.read(dtype="float32", always_2d=False), audio.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise ValueError(f"{source}: cannot be decoded as audio ({err}); is it a valid wav/flac/ogg file?") from err
 
@@ -113,6 +137,6 @@ def write_audio(path: str | Path, wav: np.ndarray | torch.Tensor, sample_rate: i
         wav = wav.detach().cpu().numpy()
     wav = np.asarray(wav, dtype=np.float32)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), wav.T if wav.ndim == 2 else wav, sample_rate, subtype="PCM_16")
+    with atomic_path(path) as tmp:  # never a half-written wav, even if the write fails
+        sf.write(str(tmp), wav.T if wav.ndim == 2 else wav, sample_rate, subtype="PCM_16")
     return path

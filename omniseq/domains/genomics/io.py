@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -32,10 +34,31 @@ def open_text(path: str | Path) -> io.TextIOBase:
     return open(path, encoding="ascii", errors="replace")
 
 
+@contextmanager
+def readable(path: str | Path, kind: str) -> Iterator[None]:
+    """Turn a decompression or parser failure into a ValueError naming the file and the format.
+
+    A gzip file cut short (an interrupted download) raises EOFError deep inside
+    gzip; Biopython refuses text before the first ``>`` with a page of advice.
+    """
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ValueError(
+            f"{path}: truncated or corrupt gzip data ({err}); re-download the file or re-compress it"
+        ) from err
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise  # already names the file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not valid {kind} ({first})") from err
+
+
 def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
-    """``(record id, sequence)`` pairs; raises on an empty file or an empty record."""
+    """``(record id, sequence)`` pairs; raises on an empty file, an empty record, text before
+    the first ``>`` header, or truncated gzip data."""
     count = 0
-    with open_text(path) as handle:
+    with open_text(path) as handle, readable(path, "FASTA: each record starts with a '>id' line"):
         for record in SeqIO.parse(handle, "fasta"):
             count += 1
             if len(record.seq) == 0:
@@ -51,12 +74,9 @@ def read_fasta(path: str | Path) -> list[tuple[str, str]]:
 
 def read_fastq(path: str | Path) -> list[tuple[str, str, list[int]]]:
     """``(record id, sequence, phred qualities)`` triples."""
-    with open_text(path) as handle:
-        try:
-            records = [(r.id, str(r.seq), list(r.letter_annotations["phred_quality"]))
-                       for r in SeqIO.parse(handle, "fastq")]
-        except ValueError as err:
-            raise ValueError(f"{path}: malformed FASTQ: {err}") from err
+    with open_text(path) as handle, readable(path, "FASTQ"):
+        records = [(r.id, str(r.seq), list(r.letter_annotations["phred_quality"]))
+                   for r in SeqIO.parse(handle, "fastq")]
     if not records:
         raise ValueError(f"{path}: no FASTQ records (empty file?)")
     return records
@@ -69,7 +89,7 @@ def read_gff(path: str | Path) -> pd.DataFrame:
     here; comment lines and the ``##FASTA`` section are skipped.
     """
     rows = []
-    with open_text(path) as handle:
+    with open_text(path) as handle, readable(path, "GFF3"):
         for number, line in enumerate(handle, start=1):
             if line.startswith("##FASTA"):
                 break
@@ -104,11 +124,11 @@ def read_labeled(path: str | Path, labels_path: str | Path | None = None) -> tup
     if not _is_fasta(path):
         if labels_path is not None:
             raise ValueError(f"{path}: labels_path is only used with FASTA input")
-        with open_text(path) as handle:
+        with open_text(path) as handle, readable(path, "CSV (sequence,label)"):
             try:
                 frame = pd.read_csv(handle)
             except pd.errors.EmptyDataError:
-                raise ValueError(f"{path}: empty file") from None
+                raise ValueError(f"{path}: empty file; expected a CSV with columns 'sequence,label'") from None
         missing = {"sequence", "label"} - set(frame.columns)
         if missing:
             raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected 'sequence,label', got {list(frame.columns)}")
@@ -140,7 +160,7 @@ def read_labeled(path: str | Path, labels_path: str | Path | None = None) -> tup
 
 def _fasta_header_labels(path: Path) -> tuple[list[str], list[int], list[str]]:
     sequences, labels, ids = [], [], []
-    with open_text(path) as handle:
+    with open_text(path) as handle, readable(path, "FASTA: each record starts with a '>id' line"):
         for record in SeqIO.parse(handle, "fasta"):
             found = [t.split("=", 1)[1] for t in record.description.split() if t.startswith("label=")]
             if len(found) != 1 or not found[0].lstrip("-").isdigit():
