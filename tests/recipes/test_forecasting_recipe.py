@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +9,8 @@ import torch
 
 from omniseq.backbones.mixers import get_mixer_class
 from omniseq.recipes.cli import build_cli, list_recipes, main, resolve_config_args
-
-from tests.conftest import REPO_ROOT, shared_dataset
+from tests.conftest import shared_dataset
+from tests.recipes.resume_helpers import assert_resume_is_exact
 
 TINY_BACKBONE = ["--model.backbone.d_model", "16", "--model.backbone.d_ff", "16"]
 
@@ -67,48 +63,14 @@ def test_list_prints_mixers_recipes_and_datasets(capsys):
         assert name in out
 
 
-def read_metrics(root: Path) -> dict[str, float]:
-    """Last logged value of each test metric from the CSVLogger files under root."""
-    values: dict[str, float] = {}
-    for path in sorted(root.rglob("metrics.csv")):
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                for key, value in row.items():
-                    if key.startswith("test/") and value:
-                        values[key] = float(value)
-    return values
-
-
-def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "omniseq.recipes.cli", "fit", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
-
-
 @pytest.mark.slow
 def test_fit_killed_mid_epoch_resumes_to_identical_metrics(tmp_path):
     # 2 epochs of 60 batches and a step checkpoint every 50 steps (the recipe's
     # setting): the kill lands at step 110, mid second epoch; last.ckpt is from step 100.
     budget = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "60",
               "--trainer.limit_val_batches", "5", "--trainer.limit_test_batches", "5"]
-    straight = run_cli(tiny_args(tmp_path / "straight", *budget), tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    killed_dir = tmp_path / "killed"
-    kill = ["--trainer.callbacks+=tests.recipes.resume_helpers.KillAtStep",
-            "--trainer.callbacks.step", "110"]
-    killed = run_cli(tiny_args(killed_dir, *budget, *kill), tmp_path)
-    assert killed.returncode == -9, "the training process should have been SIGKILLed"
-    assert (killed_dir / "checkpoints" / "last.ckpt").is_file()
-    assert not read_metrics(killed_dir)
-
-    resumed = run_cli(tiny_args(killed_dir, *budget, "--ckpt_path", "last"), tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected, got = read_metrics(tmp_path / "straight"), read_metrics(killed_dir)
-    assert set(expected) == {"test/mse", "test/mae"}
-    assert got == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    metrics = assert_resume_is_exact(tmp_path, lambda root: tiny_args(root, *budget), kill_step=110)
+    assert {"test/mse", "test/mae", "val/loss"} <= set(metrics)
 
 
 def etth1_cli(tmp_path: Path, *extra: str):
