@@ -7,7 +7,7 @@ lists, saved models), so it imports nothing from omniseq.
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +25,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A fresh name the writer creates itself (not mkstemp's 0600 file), so the output
+    # gets the usual permissions of the user's umask.
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)  # atomic on POSIX and Windows within one directory
