@@ -105,8 +105,9 @@ class Attention(Mixer):
         self.require_causal()
         self.check_step_input(x_t)
         q, k, v = self._qkv(x_t[:, None])
-        k = torch.cat([state["k"], k], dim=1)
-        v = torch.cat([state["v"], v], dim=1)
+        # The cache follows the projections' dtype (bf16 under autocast), as the parallel form.
+        k = torch.cat([state["k"].to(k.dtype), k], dim=1)
+        v = torch.cat([state["v"].to(v.dtype), v], dim=1)
         # The query is the newest token, so every cached key is in its past.
         out = self._attend(q, k, v, causal=False).reshape(x_t.shape[0], self.dim)
         return self.proj_drop(self.proj(out)), {"k": k, "v": v}

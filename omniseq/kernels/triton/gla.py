@@ -212,6 +212,7 @@ class _GatedLinearAttentionFunction(torch.autograd.Function):
         o, final, gc, scores = _forward(q, k, v, g, initial_state, scale)
         ctx.save_for_backward(q, k, v, gc, scores, initial_state)
         ctx.scale = scale
+        ctx.gate_dtype = g.dtype  # fp32 gates under AMP keep fp32 gradients
         return o, final
 
     @staticmethod
@@ -230,7 +231,7 @@ class _GatedLinearAttentionFunction(torch.autograd.Function):
         )
         grad_q, grad_k, grad_v, grad_g, grad_h0 = grads
         grad_h0 = grad_h0.to(initial_state.dtype) if initial_state is not None else None
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v, grad_g.to(q.dtype), grad_h0, None
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v, grad_g.to(ctx.gate_dtype), grad_h0, None
 
 
 def _check(q, k, v, g, initial_state) -> None:
