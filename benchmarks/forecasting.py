@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ PAPER = {
 }
 MIXER_OPTIONS = {"gla": {}, "mamba": {"d_state": 16, "expand": 2}, "s5": {"d_state": 64}}
 MODELS = ("itransformer", "itransformer-gla", "itransformer-mamba", "itransformer-s5", "tsmixer")
-FIELDS = ["dataset", "pred_len", "model", "mse", "mae", "paper_mse", "paper_mae", "mse_vs_paper",
+FIELDS = ["dataset", "pred_len", "model", "seed", "mse", "mae", "paper_mse", "paper_mae", "mse_vs_paper",
           "epochs", "train_s", "samples_per_s", "params", "device", "max_epochs", "lr", "lr_decay"]
 
 
@@ -78,11 +79,11 @@ def build_backbone(model: str, dataset: str, pred_len: int, dm: ForecastingDataM
                         num_time_features=dm.num_time_features, **sizes)
 
 
-def run_one(dataset: str, pred_len: int, model: str, args) -> dict:
-    L.seed_everything(args.seed, verbose=False)
-    dm = ForecastingDataModule(dataset, seq_len=96, pred_len=pred_len, batch_size=32, seed=args.seed)
+def run_one(dataset: str, pred_len: int, model: str, seed: int, args) -> dict:
+    L.seed_everything(seed, verbose=False)
+    dm = ForecastingDataModule(dataset, seq_len=96, pred_len=pred_len, batch_size=32, seed=seed)
     task = ForecastingTask(build_backbone(model, dataset, pred_len, dm), lr=args.lr, lr_decay=args.lr_decay)
-    root = args.csv.parent / "forecasting_ckpt" / f"{dataset}_{pred_len}_{model}"
+    root = args.csv.parent / "forecasting_ckpt" / f"{dataset}_{pred_len}_{model}_{seed}"
     throughput = TrainThroughput()
     callbacks = [ModelCheckpoint(dirpath=root, monitor="val/loss", mode="min", filename="best"),
                  EarlyStopping(monitor="val/loss", mode="min", patience=args.patience), throughput]
@@ -95,7 +96,7 @@ def run_one(dataset: str, pred_len: int, model: str, args) -> dict:
     scores = trainer.test(task, datamodule=dm, ckpt_path="best", verbose=False)[0]
     paper_mse, paper_mae = PAPER[dataset][pred_len]
     return {
-        "dataset": dataset, "pred_len": pred_len, "model": model,
+        "dataset": dataset, "pred_len": pred_len, "model": model, "seed": seed,
         "mse": round(scores["test/mse"], 4), "mae": round(scores["test/mae"], 4),
         "paper_mse": paper_mse, "paper_mae": paper_mae,
         "mse_vs_paper": f"{100 * (scores['test/mse'] / paper_mse - 1):+.1f}%",
@@ -114,28 +115,55 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _header(path: Path) -> list[str]:
-    with open(path) as f:
-        return next(csv.reader(f), FIELDS)
+def append_row(path: Path, row: dict) -> None:
+    """Append ``row``; a CSV from before a column was added is rewritten with that column
+    (older rows ran with seed 2021, the script's default then)."""
+    rows = read_rows(path)
+    if rows and list(rows[0]) != FIELDS:
+        rows = [{**r, "seed": r.get("seed") or 2021} for r in rows]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def print_table(rows: list[dict]) -> None:
-    latest = {(r["dataset"], int(r["pred_len"]), r["model"]): r for r in rows}
-    print("\n| dataset | H | model | MSE | MAE | paper MSE | paper MAE | MSE vs paper | epochs | train samples/s | device |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    """One line per (dataset, horizon, model): the mean over seeds (latest row per seed).
+
+    Rows written before the CSV had a seed column ran with the default seed 2021.
+    """
+    latest = {(r["dataset"], int(r["pred_len"]), r["model"], int(r.get("seed") or 2021)): r for r in rows}
+    runs: dict[tuple[str, int, str], list[dict]] = {}
+    for (dataset, pred_len, model, _), r in latest.items():
+        runs.setdefault((dataset, pred_len, model), []).append(r)
+    print("\n| dataset | H | model | seeds | MSE (mean) | MSE min-max | MAE (mean) | paper MSE | paper MAE "
+          "| MSE vs paper | train samples/s | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = {name: i for i, name in enumerate(DATASETS)}
-    for key in sorted(latest, key=lambda k: (order.get(k[0], 99), k[1], k[2])):
-        r = latest[key]
-        print(f"| {r['dataset']} | {r['pred_len']} | {r['model']} | {float(r['mse']):.3f} | {float(r['mae']):.3f} | "
-              f"{float(r['paper_mse']):.3f} | {float(r['paper_mae']):.3f} | {r['mse_vs_paper']} | {r['epochs']} | "
-              f"{r['samples_per_s']} | {r['device']} |")
-    by_model: dict[tuple[str, str], list[float]] = {}
-    for (dataset, _, model), r in latest.items():
-        by_model.setdefault((dataset, model), []).append(float(r["mse"]))
-    for (dataset, model), values in sorted(by_model.items()):
+    means: dict[tuple[str, str], list[float]] = {}
+    for key in sorted(runs, key=lambda k: (order.get(k[0], 99), k[1], k[2])):
+        dataset, pred_len, model = key
+        group = runs[key]
+        mse = [float(r["mse"]) for r in group]
+        paper_mse, paper_mae = PAPER[dataset][pred_len]
+        means.setdefault((dataset, model), []).append(_mean(mse))
+        print(f"| {dataset} | {pred_len} | {model} | {len(group)} | {_mean(mse):.3f} | {min(mse):.3f}-{max(mse):.3f} "
+              f"| {_mean([float(r['mae']) for r in group]):.3f} | {paper_mse:.3f} | {paper_mae:.3f} "
+              f"| {100 * (_mean(mse) / paper_mse - 1):+.1f}% | {group[-1]['samples_per_s']} | {group[-1]['device']} |")
+    for (dataset, model), values in sorted(means.items()):
         if len(values) == len(HORIZONS):
-            paper = sum(m for m, _ in PAPER[dataset].values()) / len(HORIZONS)
-            print(f"average over 4 horizons: {dataset} {model}: MSE {sum(values) / 4:.3f} (paper iTransformer {paper:.3f})")
+            paper = _mean([m for m, _ in PAPER[dataset].values()])
+            print(f"average over 4 horizons: {dataset} {model}: MSE {_mean(values):.3f} (paper iTransformer {paper:.3f})")
 
 
 def main() -> None:
@@ -148,7 +176,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--lr-decay", type=float, default=0.5, help="per-epoch lr factor (0.5: official)")
     parser.add_argument("--patience", type=int, default=3, help="early stopping patience (3: official)")
-    parser.add_argument("--seed", type=int, default=2021)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2021],
+                        help="one run per seed; the table reports the mean over seeds")
     parser.add_argument("--csv", type=Path, default=Path("runs/benchmarks/forecasting.csv"))
     parser.add_argument("--table-only", action="store_true", help="print the table of the CSV and exit")
     args = parser.parse_args()
@@ -156,16 +185,10 @@ def main() -> None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
         for dataset in args.datasets:
             for pred_len in args.horizons:
-                for model in args.models:
-                    row = run_one(dataset, pred_len, model, args)
-                    new = not args.csv.exists()
-                    fields = FIELDS if new else _header(args.csv)  # an older CSV keeps its columns
-                    with open(args.csv, "a", newline="") as f:
-                        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-                        if new:
-                            writer.writeheader()
-                        writer.writerow(row)
-                    print(f"{dataset} {pred_len} {model}: MSE {row['mse']} MAE {row['mae']} "
+                for model, seed in itertools.product(args.models, args.seeds):
+                    row = run_one(dataset, pred_len, model, seed, args)
+                    append_row(args.csv, row)
+                    print(f"{dataset} {pred_len} {model} seed {seed}: MSE {row['mse']} MAE {row['mae']} "
                           f"(paper {row['paper_mse']}, {row['mse_vs_paper']}), {row['samples_per_s']} samples/s",
                           flush=True)
     print_table(read_rows(args.csv))

@@ -7,6 +7,9 @@ and at the last lead time. Each model trains for ``--epochs`` (or until
 ``--minutes``), the best validation checkpoint is tested.
 
     python benchmarks/spatiotemporal.py --epochs 20 --csv runs/spatiotemporal.csv
+    # the README's grid, once per --seed 0 1 2:
+    python benchmarks/spatiotemporal.py --epochs 30 --models convs5 --depth 3 --state-dim 64 --seed 1
+    python benchmarks/spatiotemporal.py --epochs 30 --models convlstm --depth 3 --seed 1
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from omniseq.backbones.convs5 import ConvS5
 from omniseq.data.gridded import GriddedDataModule
 from omniseq.recipes.spatiotemporal import SpatiotemporalTask, masked_values
 
-FIELDS = ["model", "pred_len", "epochs_budget", "device", "test/mse", "test/mae", "test/mse_last",
+FIELDS = ["model", "pred_len", "epochs_budget", "device", "seed", "dim", "depth", "state_dim", "val/best",
+          "test/mse", "test/mae", "test/mse_last",
           "epochs", "train_s", "samples_per_s", "params"]
 
 
@@ -44,7 +48,7 @@ def build(name: str, dm: GriddedDataModule, args) -> torch.nn.Module:
     common = dict(in_channels=dm.num_channels, out_channels=dm.num_output_channels, pred_len=dm.pred_len,
                   dim=args.dim, depth=args.depth)
     if name == "convs5":
-        return ConvS5(**common, state_dim=args.dim, dropout=0.1)
+        return ConvS5(**common, state_dim=args.state_dim or args.dim, dropout=args.dropout)
     if name == "convlstm":
         return ConvLSTM(**common)
     raise ValueError(f"unknown model {name!r}")
@@ -65,7 +69,7 @@ def train_and_test(name: str, dm: GriddedDataModule, args, root: Path) -> dict[s
     samples = trainer.global_step * dm.batch_size
     result = trainer.test(task, datamodule=dm, ckpt_path="best", verbose=False)[0]
     params = sum(p.numel() for p in task.backbone.parameters())
-    return {**result, "epochs": trainer.current_epoch, "train_s": seconds,
+    return {**result, "val/best": float(checkpoint.best_model_score), "epochs": trainer.current_epoch, "train_s": seconds,
             "samples_per_s": samples / seconds, "params": params}
 
 
@@ -78,6 +82,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap per model")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--state-dim", type=int, default=None, help="ConvS5 state size P (default: --dim)")
+    parser.add_argument("--dropout", type=float, default=0.1, help="ConvS5 branch dropout")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -90,7 +96,8 @@ def main() -> None:
     for name in args.models:
         scores = persistence_scores(dm) if name == "persistence" else train_and_test(name, dm, args, args.csv.parent / "st_ckpt")
         row = {"model": name, "pred_len": args.pred_len, "epochs_budget": args.epochs,
-               "device": "cuda" if torch.cuda.is_available() else "cpu", **scores}
+               "device": "cuda" if torch.cuda.is_available() else "cpu", "seed": args.seed, "dim": args.dim,
+               "depth": args.depth, "state_dim": args.state_dim or args.dim, **scores}
         rows.append(row)
         new = not args.csv.exists()
         with open(args.csv, "a", newline="") as f:
