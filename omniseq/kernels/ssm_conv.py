@@ -7,11 +7,11 @@ kept once, hence the factor 2) with zero-order-hold ``Abar = exp(dt A)``,
 two-level Vandermonde product and :func:`fft_conv` applies it in ``O(L log L)`` with a
 zero-padded FFT of length ``2L`` (no circular wrap-around).
 
-Precision: the discretisation ``dt A`` and the exponents ``dt A p`` of the powers
-``Abar^p`` are formed in float64 (only ``O(N sqrt(L))`` numbers), the phase reduced
-modulo 2 pi, and cast to the parameters' dtype for exp/cos/sin and the matmul: in fp32
-the phase ``Im(dt A) * p`` of a slowly decaying mode loses ``|phase| * 6e-8`` radians,
-5e-3 relative error of the kernel at L = 65,536 (3e-7 now). The FFT runs in fp32 at least, and
+Precision: the phases ``Im(dt A) * p`` of the powers ``Abar^p`` are formed in float64
+from the parameters (only ``O(N sqrt(L))`` numbers) and reduced modulo 2 pi before
+cos/sin run in the parameters' dtype: in fp32 the phase of a slowly decaying mode
+loses ``|phase| * 6e-8`` radians, 5e-3 relative error of the kernel at L = 65,536
+(3e-7 now). The FFT runs in fp32 at least, and
 autocast is kept out (:func:`own_precision`).
 """
 
@@ -54,28 +54,29 @@ def _check_kernel_inputs(
 
 
 def _discretize(
-    log_dt: torch.Tensor, A: torch.Tensor, C: torch.Tensor, dtype: torch.dtype
+    log_dt: torch.Tensor, A: torch.Tensor, C: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dt * A, C * Bbar) in complex ``dtype`` for zero-order hold with B folded into C
-    (as S4D does)."""
-    real = torch.empty(0, dtype=dtype).real.dtype
-    dt_a = torch.exp(log_dt.to(real)).unsqueeze(-1).to(dtype) * A.to(dtype)
+    """(dt * A, C * Bbar) for zero-order hold with B folded into C (as S4D does)."""
+    dtype = torch.promote_types(A.dtype, C.dtype)
+    dt_a = torch.exp(log_dt).unsqueeze(-1).to(dtype) * A.to(dtype)
     return dt_a, C.to(dtype) * torch.expm1(dt_a) / A.to(dtype)
 
 
 def _powers(
-    dt_a: torch.Tensor, positions: torch.Tensor, real: torch.dtype
+    decay_rate: torch.Tensor, phase_rate: torch.Tensor, positions: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts of ``exp(dt_a * p)`` in ``real``, (H, N, P).
+    """Real and imaginary parts of ``exp((decay_rate + i phase_rate) p)``, (H, N, P), in
+    ``decay_rate``'s dtype.
 
-    The exponent is formed, and the phase reduced modulo 2 pi, in the (wide) precision
-    of ``dt_a`` and ``positions``; exp/cos/sin then run in ``real`` (real exp/cos/sin
-    are ~4x faster on CPU than complex exp).
+    ``phase_rate`` and ``positions`` are wide (float64): the phase is formed and reduced
+    to [-pi, pi] there, then cos/sin run in the narrow dtype (real exp/cos/sin are ~4x
+    faster on CPU than complex exp).
     """
-    exponent_re = (dt_a.real.unsqueeze(-1) * positions).to(real)
-    angle = torch.remainder(dt_a.imag.unsqueeze(-1) * positions, 2 * math.pi).to(real)
-    magnitude = torch.exp(exponent_re)
-    return magnitude * torch.cos(angle), magnitude * torch.sin(angle)
+    real = decay_rate.dtype
+    magnitude = torch.exp(decay_rate.unsqueeze(-1) * positions.to(real))
+    phase = phase_rate.unsqueeze(-1) * positions
+    phase = (phase - 2 * math.pi * torch.round(phase / (2 * math.pi))).to(real)
+    return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
 
 
 @own_precision
@@ -101,18 +102,21 @@ def ssm_conv_kernel(
     real = dtype.to_real()
     if length == 0:
         return log_dt.new_zeros(log_dt.shape[0], 0, dtype=real)
-    wide = torch.promote_types(wide_float(A.device), real)  # see the module docstring
-    dt_a, weight = _discretize(log_dt, A, C, wide.to_complex())
+    dt_a, weight = _discretize(log_dt, A, C)
+    # Im(dt A) again from the parameters in float64, for the phases (module docstring).
+    wide = torch.promote_types(wide_float(A.device), real)
+    phase_rate = torch.exp(log_dt.to(wide)).unsqueeze(-1) * A.imag.to(wide)
     # Two-level Vandermonde: tap l = j * block + i uses Abar^(j block) * Abar^i, so only
     # O(N sqrt(L)) exponentials are taken and the sum over N becomes one batched matmul
     # (H, L / block, N) @ (H, N, block). A full (H, N, L) exp was 30x slower on CPU than
     # even the step loop. Each power is exp of an exact exponent: no error builds up in l.
     block = _VANDERMONDE_BLOCK or math.isqrt(length - 1) + 1
     blocks = -(-length // block)
-    inner_re, inner_im = _powers(dt_a, torch.arange(block, device=A.device, dtype=wide), real)
+    positions = torch.arange(block, device=A.device, dtype=wide)
+    inner_re, inner_im = _powers(dt_a.real, phase_rate, positions)
     starts = torch.arange(blocks, device=A.device, dtype=wide) * block
-    outer_re, outer_im = _powers(dt_a, starts, real)  # (H, N, blocks)
-    w = weight.to(dtype).unsqueeze(-1)
+    outer_re, outer_im = _powers(dt_a.real, phase_rate, starts)  # (H, N, blocks)
+    w = weight.unsqueeze(-1)
     weighted_re = w.real * outer_re - w.imag * outer_im
     weighted_im = w.real * outer_im + w.imag * outer_re
     # Only the real part is needed: Re(w p) = Re w Re p - Im w Im p, one real matmul
