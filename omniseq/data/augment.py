@@ -1,14 +1,42 @@
 """Joint image/mask augmentation for 2D and 3D segmentation: random crop, flips,
-90-degree rotations and elastic deformation (as U-Net uses for EM)."""
+90-degree rotations and elastic deformation (as U-Net uses for EM).
+
+Every random draw of a training sample comes from its own generator seeded by
+``(seed, epoch, index)`` (``sample_generator``), with the epoch delivered in the
+index by ``EpochTaggedSampler``: fresh augmentation every epoch, yet the same
+in a fit resumed mid-epoch as in an uninterrupted one, whichever worker loads it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["augment_pair", "elastic_deform", "random_crop"]
+from omniseq.data.loaders import ResumableSampler
+
+__all__ = ["EpochTaggedSampler", "augment_pair", "elastic_deform", "random_crop", "sample_generator"]
+
+
+class EpochTaggedSampler(ResumableSampler):
+    """A ``ResumableSampler`` that yields ``(epoch, index)`` pairs instead of indices.
+
+    The dataset cannot know the epoch itself: persistent DataLoader workers keep
+    the copy of it they started with, so the epoch travels with each index.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator of its own for sample ``index`` of epoch ``epoch`` (mixed by SeedSequence,
+    so nearby triples give unrelated streams)."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def random_crop(
@@ -34,7 +62,7 @@ def elastic_deform(
     smoothed by a Gaussian of width ``sigma``; bilinear for the image, nearest for the mask."""
     C, H, W = image.shape
     noise = torch.rand(1, 2, H, W, generator=generator) * 2 - 1
-    radius = int(2 * sigma)
+    radius = min(int(2 * sigma), H - 1, W - 1)  # reflect padding needs radius < size: small crops truncate the Gaussian
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from omniseq.data.augment import augment_pair, random_crop
+from omniseq.data.augment import EpochTaggedSampler, augment_pair, random_crop, sample_generator
 from omniseq.data.loaders import ResumableDataModuleMixin
 from omniseq.data.registry import DatasetInfo, get_dataset_info, register_dataset, resolve_dataset
 
@@ -168,19 +168,23 @@ def make_synthetic_membranes(
 
 
 class CropDataset(Dataset):
-    """Training samples: a random crop of image ``i % N``, augmented; seeded per (seed, index, draw)."""
+    """Training samples: a random crop of image ``i % N``, augmented.
+
+    Items are ``(epoch, index)`` (from ``EpochTaggedSampler``; a plain ``index`` means
+    epoch 0) and every draw comes from ``sample_generator(seed, epoch, index)``, so a
+    sample does not depend on how many were loaded before it, e.g. by a resumed fit.
+    """
 
     def __init__(self, images, masks, crop, samples, augment, elastic, seed) -> None:
         self.images, self.masks, self.crop = images, masks, tuple(crop)
         self.samples, self.augment, self.elastic, self.seed = samples, augment, elastic, seed
-        self.draws = 0
 
     def __len__(self) -> int:
         return self.samples
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        self.draws += 1
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index * 7919 + self.draws)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        gen = sample_generator(self.seed, epoch, index)
         k = index % len(self.images)
         image, mask = random_crop(self.images[k], self.masks[k], self.crop, gen)
         if self.augment:
@@ -221,6 +225,7 @@ class SegmentationDataModule(ResumableDataModuleMixin):
     """
 
     eval_batch_size = 1  # whole images and volumes, tiled by sliding-window inference
+    train_sampler_class = EpochTaggedSampler  # crops and augmentation are drawn per (seed, epoch, index)
 
     def __init__(
         self,
