@@ -1,8 +1,9 @@
-"""Callbacks that make an interrupted fit resume exactly where it stopped."""
+"""Callbacks shared by the recipes: exact resume and a CPU-time training budget."""
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import lightning as L
@@ -35,3 +36,38 @@ class RNGStateCheckpoint(L.Callback):
         torch.set_rng_state(state_dict["torch"])
         if state_dict["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class CPUTimeBudget(L.Callback):
+    """Stop training once this process has used ``minutes`` of CPU time.
+
+    Wall-clock limits (``max_time``) are unfair on a shared machine: a model
+    trained while others load the CPU gets fewer steps. CPU time of the
+    training process (all its threads, validation included) is the same
+    budget whatever else runs. The time used is checkpointed, so a resumed fit
+    spends only what is left.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        if minutes <= 0:
+            raise ValueError(f"CPUTimeBudget: minutes must be positive, got {minutes}")
+        self.seconds = 60.0 * minutes
+        self._spent_before = 0.0
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.process_time()
+
+    def used_seconds(self) -> float:
+        current = 0.0 if self._start is None else time.process_time() - self._start
+        return self._spent_before + current
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self.used_seconds() >= self.seconds:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"used_seconds": self.used_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._spent_before = float(state_dict["used_seconds"])
