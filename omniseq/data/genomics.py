@@ -171,7 +171,8 @@ class GenomeWindows(Dataset):
             start = int(rng.integers(0, len(self.segments[j]) - self.seq_len + 1))
         else:
             j, start = self.starts[index]
-        return {"input_ids": torch.from_numpy(self.segments[j][start : start + self.seq_len].copy())}
+        # "index" lets evaluation draw its MLM masks per window, the same on any batch size or process count.
+        return {"input_ids": torch.from_numpy(self.segments[j][start : start + self.seq_len].copy()), "index": index}
 
 
 class GenomePretrainDataModule(ResumableDataModuleMixin):

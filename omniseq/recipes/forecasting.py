@@ -7,7 +7,7 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
@@ -48,6 +48,7 @@ class ForecastingTask(CheckpointOrigin, L.LightningModule):
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.val_loss = MeanMetric()
 
     def forward(self, x: torch.Tensor, x_mark: torch.Tensor | None = None) -> torch.Tensor:
         return self.backbone(x, x_mark)
@@ -62,12 +63,14 @@ class ForecastingTask(CheckpointOrigin, L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self._predict_batch(batch), batch["y"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         pred = self._predict_batch(batch)
-        self.log("val/loss", self.criterion(pred, batch["y"]), prog_bar=True)
+        # A torchmetric: its epoch value is the exact sample mean over all processes.
+        self.val_loss.update(self.criterion(pred, batch["y"]), weight=len(pred))
+        self.log("val/loss", self.val_loss, prog_bar=True)
         self.val_metrics.update(pred.flatten(), batch["y"].flatten())
         self.log_dict(self.val_metrics)
 

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -104,15 +104,24 @@ class DNAPretrainTask(CheckpointOrigin, L.LightningModule):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.backbone(ids)
 
-    def _loss(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    def _mask(self, ids: torch.Tensor, seeds: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MLM inputs and targets: from the global RNG, or row by row from fixed ``seeds``."""
+        maskable = ids >= self.tokenizer.num_special
+        options = (self.tokenizer.mask_id, self.random_ids, self.hparams.mask_prob)
+        if seeds is None:
+            return mask_tokens(ids, maskable, *options)
+        rows = [mask_tokens(ids[i : i + 1], maskable[i : i + 1], *options,
+                            torch.Generator(device=ids.device).manual_seed(seed)) for i, seed in enumerate(seeds)]
+        inputs, targets = zip(*rows, strict=True)
+        return torch.cat(inputs), torch.cat(targets)
+
+    def _loss(self, ids: torch.Tensor, seeds: list[int] | None = None) -> tuple[torch.Tensor, int]:
         """Mean token cross-entropy and the number of predicted tokens."""
         if self.hparams.objective == "clm":
             logits = self.backbone(ids[:, :-1])
             targets = ids[:, 1:]
         else:
-            maskable = ids >= self.tokenizer.num_special
-            inputs, targets = mask_tokens(ids, maskable, self.tokenizer.mask_id, self.random_ids,
-                                          self.hparams.mask_prob, generator)
+            inputs, targets = self._mask(ids, seeds)
             logits = self.backbone(inputs)
         count = int((targets != -100).sum())
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
@@ -123,18 +132,24 @@ class DNAPretrainTask(CheckpointOrigin, L.LightningModule):
         if self.hparams.rc_augment:
             ids = random_reverse_complement(ids, self.complement)
         loss, _ = self._loss(ids)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def _eval(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
-        generator = torch.Generator(device=batch["input_ids"].device).manual_seed(10_007 + batch_idx)
-        loss, count = self._loss(batch["input_ids"], generator)
+        ids = batch["input_ids"]
+        # Fixed masks per window (by dataset index when the batch has one, else per batch).
+        index = batch.get("index")
+        seeds = ([10_007 + int(i) for i in index] if index is not None
+                 else [10_007 + batch_idx * ids.shape[0] + row for row in range(ids.shape[0])])
+        loss, count = self._loss(ids, seeds)
         self._sums[stage][0] += float(loss) * count
         self._sums[stage][1] += count
 
     def _log_perplexity(self, stage: str) -> None:
-        total, count = self._sums[stage]
-        loss = torch.tensor(total / max(count, 1))
+        # Token sums of every process added up (a no-op in a single one): exact under DDP.
+        sums = torch.tensor(self._sums[stage], dtype=torch.float64, device=self.device)
+        total, count = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        loss = torch.tensor(total / max(count, 1), dtype=torch.float32)
         self.log_dict({f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss)}, prog_bar=stage == "val")
         self._sums[stage] = [0.0, 0]
 
@@ -219,6 +234,7 @@ class SequenceClassificationTask(CheckpointOrigin, L.LightningModule):
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.backbone.forward_pooled(ids, attention_mask))
@@ -234,13 +250,15 @@ class SequenceClassificationTask(CheckpointOrigin, L.LightningModule):
         if self.hparams.rc_augment:
             ids = random_reverse_complement(ids, self.complement, mask)
         loss = F.cross_entropy(self(ids, mask), batch["label"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def _eval(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, prefix: str) -> None:
         self._check_labels(batch["label"])
         logits = self(batch["input_ids"], batch["attention_mask"])
-        self.log(f"{prefix}/loss", F.cross_entropy(logits, batch["label"]), prog_bar=True)
+        # A torchmetric: its epoch value is the exact sample mean over all processes.
+        self.eval_losses[prefix].update(F.cross_entropy(logits, batch["label"]), weight=len(logits))
+        self.log(f"{prefix}/loss", self.eval_losses[prefix], prog_bar=True)
         metrics.update(logits, batch["label"])
         self.log_dict(metrics, prog_bar=prefix == "val")
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -20,8 +20,8 @@ from torchmetrics.classification import (
 
 from omniseq._files import atomic_path
 from omniseq.domains.vision.inference import sliding_window_inference
-from omniseq.recipes.hparams import save_task_hyperparameters
 from omniseq.recipes.checkpoints import CheckpointOrigin
+from omniseq.recipes.hparams import save_task_hyperparameters
 
 __all__ = ["SegmentationTask", "dice_loss", "save_overlay"]
 
@@ -98,6 +98,7 @@ class SegmentationTask(CheckpointOrigin, L.LightningModule):
         # Per-class Dice (class 1 = membranes on ISBI): F1 over pixels equals Dice.
         self.val_class_dice = MulticlassF1Score(num_classes, average="none", ignore_index=ignore_index)
         self.test_class_dice = MulticlassF1Score(num_classes, average="none", ignore_index=ignore_index)
+        self.eval_losses = nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -115,12 +116,14 @@ class SegmentationTask(CheckpointOrigin, L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def _evaluate(self, batch: dict, metrics: MetricCollection, class_dice, prefix: str) -> None:
         logits = self.infer(batch["image"])
-        self.log(f"{prefix}/loss", self.loss(logits, batch["mask"]), prog_bar=True, batch_size=1)
+        # A torchmetric: its epoch value is the exact sample mean over all processes.
+        self.eval_losses[prefix].update(self.loss(logits, batch["mask"]), weight=len(logits))
+        self.log(f"{prefix}/loss", self.eval_losses[prefix], prog_bar=True)
         pred = logits.argmax(1)
         metrics.update(pred, batch["mask"])
         class_dice.update(pred, batch["mask"])

@@ -43,7 +43,10 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
         super().__init__()
         save_task_hyperparameters(self)
         self.backbone = backbone
-        self.val_metrics = MetricCollection({"si_snr": MeanMetric(), "si_snri": MeanMetric(), "sdri": MeanMetric()}, prefix="val/")
+        # torchmetrics means over mixtures: exact over all processes (val/loss included).
+        self.val_metrics = MetricCollection(
+            {"loss": MeanMetric(), "si_snr": MeanMetric(), "si_snri": MeanMetric(), "sdri": MeanMetric()}, prefix="val/"
+        )
         self.test_metrics = self.val_metrics.clone(prefix="test/")
 
     def forward(self, mixture: torch.Tensor) -> torch.Tensor:
@@ -52,22 +55,21 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         best, _ = pit_si_snr(self(batch["mixture"]), batch["sources"])
         loss = -best.mean()
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
-    def _evaluate(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, with_sdr: bool) -> torch.Tensor:
+    def _evaluate(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, with_sdr: bool) -> None:
         mixture, sources = batch["mixture"], batch["sources"]
         estimates = self(mixture)
         best, perm = pit_si_snr(estimates, sources)
+        metrics["loss"].update(-best)
         metrics["si_snr"].update(best)
         metrics["si_snri"].update(si_snr_improvement(estimates, sources, mixture))
         if with_sdr:
             metrics["sdri"].update(sdr_improvement(estimates, sources, mixture, perm))
-        return -best.mean()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self._evaluate(batch, self.val_metrics, self.hparams.val_sdri)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["mixture"].shape[0])
+        self._evaluate(batch, self.val_metrics, self.hparams.val_sdri)
 
     def on_validation_epoch_end(self) -> None:
         values = {k: v.compute() for k, v in self.val_metrics.items() if k != "val/sdri" or self.hparams.val_sdri}

@@ -7,7 +7,7 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection
 
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
@@ -59,6 +59,7 @@ class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_last = MeanSquaredError()
+        self.val_loss = MeanMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -71,12 +72,14 @@ class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, p, t = self._shared(batch)
         loss = self.criterion(p, t)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, p, t = self._shared(batch)
-        self.log("val/loss", self.criterion(p, t), prog_bar=True)
+        # A torchmetric weighted by masked cells: the exact mean over all cells of all processes.
+        self.val_loss.update(self.criterion(p, t), weight=p.numel())
+        self.log("val/loss", self.val_loss, prog_bar=True)
         self.val_metrics.update(p, t)
         self.log_dict(self.val_metrics)
 
