@@ -4,6 +4,10 @@
     omniseq fit --config my.yaml --model.backbone.mixer gla --trainer.max_epochs 5
     omniseq test --config ... --ckpt_path best
     omniseq list
+
+Scaling out is Lightning's (``--trainer.strategy ddp --trainer.devices 8
+--trainer.num_nodes 2``); ``fsdp_blocks`` and ``fsdp_blocks_checkpointed`` name
+FSDP wrapped per omniseq block (``omniseq.recipes.strategies``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from pathlib import Path
 import lightning as L
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+
+from omniseq.recipes.strategies import register_block_strategies
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 
@@ -78,8 +86,24 @@ class OmniseqCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run or not hasattr(self.datamodule, "test_dataloader"):
             return
-        has_best = bool(getattr(self.trainer.checkpoint_callback, "best_model_path", ""))
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            self._test_after_fsdp_fit(best)
+            return
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+
+    def _test_after_fsdp_fit(self, best: str) -> None:
+        # Lightning cannot load a checkpoint into the module it has just fitted with
+        # FSDP: its blocks stay wrapped while the root wrapper is gone
+        # (Lightning-AI/pytorch-lightning#20373). A fresh copy from the file is tested.
+        if not best or not Path(best).is_file():
+            rank_zero_warn(
+                "omniseq: no test after an FSDP fit without a single-file best checkpoint "
+                "(a ModelCheckpoint and state_dict_type='full'); run `omniseq test --ckpt_path <checkpoint>`"
+            )
+            return
+        model = type(self.model).load_from_checkpoint(best, map_location="cpu")
+        self.trainer.test(model, datamodule=self.datamodule)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI swaps in the checkpoint's model silently; refuse another task's checkpoint first.
@@ -90,6 +114,7 @@ class OmniseqCLI(LightningCLI):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    register_block_strategies()  # --trainer.strategy fsdp_blocks[_checkpointed]
     # Recipes write `${data.init_args.seq_len}`; under a subcommand the config
     # sits below `fit.`/`test.`, so absolute paths are read relative to it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
