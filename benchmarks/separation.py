@@ -34,7 +34,7 @@ DEFAULT_RECIPES = [
 def budget_args(minutes: float, clock: str) -> list[str]:
     if clock == "wall":
         return ["--trainer.max_time", f"00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}"]
-    callback = {"class_path": "omniseq.recipes.separation.CPUTimeBudget", "init_args": {"minutes": minutes}}
+    callback = {"class_path": "omniseq.recipes.callbacks.CPUTimeBudget", "init_args": {"minutes": minutes}}
     return ["--trainer.max_time", "null", f"--trainer.callbacks+={json.dumps(callback)}"]
 
 

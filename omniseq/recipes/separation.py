@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
 import torch
 from torch import nn
@@ -13,7 +11,7 @@ from omniseq.domains.audio.metrics import pit_si_snr, sdr_improvement, si_snr_im
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
 
-__all__ = ["CPUTimeBudget", "SeparationTask"]
+__all__ = ["SeparationTask"]
 
 
 class SeparationTask(CheckpointOrigin, L.LightningModule):
@@ -94,29 +92,3 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
             optimizer, mode="min", factor=0.5, patience=self.hparams.plateau_patience
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
-
-
-class CPUTimeBudget(L.Callback):
-    """Stop training once this process has used ``minutes`` of CPU time.
-
-    Wall-clock limits (``max_time``) are unfair on a shared machine: a model
-    trained while others load the CPU gets fewer steps. CPU time of the
-    training process (all its threads; validation included) is what
-    ``benchmarks/separation.py`` budgets instead.
-    """
-
-    def __init__(self, minutes: float) -> None:
-        if minutes <= 0:
-            raise ValueError(f"CPUTimeBudget: minutes must be positive, got {minutes}")
-        self.seconds = 60.0 * minutes
-        self._start: float | None = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.process_time()
-
-    def used_seconds(self) -> float:
-        return 0.0 if self._start is None else time.process_time() - self._start
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if self.used_seconds() >= self.seconds:
-            trainer.should_stop = True
