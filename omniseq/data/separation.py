@@ -20,8 +20,9 @@ unit power, speakers 2.. scaled by a uniform relative level in
 ``level_range_db`` to speaker 1, placed at a random offset in a fixed-length
 segment (cropped at random if longer), optional noise at a uniform SNR in
 ``snr_range_db`` to the speech, then all signals scaled together so the
-mixture peaks at 0.9. Training mixtures are drawn from ``(seed, index)``;
-validation and test mixtures are fixed lists, written as CSV and re-read.
+mixture peaks at 0.9. Training mixtures are drawn from ``(seed, epoch, index)``:
+fresh every epoch, yet a resumed fit sees the same ones; validation and test
+mixtures are fixed lists, written as CSV and re-read.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from omniseq._files import atomic_path
+from omniseq.data.augment import EpochTaggedSampler
 from omniseq.data.loaders import ResumableDataModuleMixin
 from omniseq.data.registry import DatasetInfo, cache_dir, register_dataset, resolve_dataset
 from omniseq.domains.audio.io import decode_audio, load_audio
@@ -157,9 +159,13 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        spec = self.specs[index] if self.specs is not None else self.sampler(index)
-        return build_mixture(spec, self.bank, self.noises)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """``item`` is an index into the specs, or ``(epoch, index)`` for drawn mixtures
+        (from ``EpochTaggedSampler``; a plain index means epoch 0)."""
+        if self.specs is not None:
+            return build_mixture(self.specs[item], self.bank, self.noises)
+        epoch, index = item if isinstance(item, tuple) else (0, item)
+        return build_mixture(self.sampler(epoch, index), self.bank, self.noises)
 
 
 def build_mixture(spec: dict, bank: UtteranceBank, noises: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -207,6 +213,8 @@ class SeparationDataModule(ResumableDataModuleMixin):
             default ``$OMNISEQ_DATA/separation_lists/<source>-<speakers>spk-seed<seed>``.
         name_pattern: regex with ``speaker`` and ``index`` groups for file names.
     """
+
+    train_sampler_class = EpochTaggedSampler  # fresh mixtures every epoch, drawn from (seed, epoch, index)
 
     def __init__(
         self,
@@ -343,8 +351,8 @@ class SeparationDataModule(ResumableDataModuleMixin):
         noises = self._load_noises()
         train_groups = self._by_speaker("train")
 
-        def sample_train(index: int) -> dict:
-            rng = np.random.default_rng([self.seed, index, 1])
+        def sample_train(epoch: int, index: int) -> dict:
+            rng = np.random.default_rng([self.seed, epoch, index, 1])
             return self._draw_spec(rng, train_groups, self.segment, noises["train"])
 
         self.datasets["train"] = MixtureDataset(self.bank, noises["train"], sampler=sample_train, size=self.sizes["train"])

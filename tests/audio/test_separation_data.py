@@ -28,7 +28,7 @@ def test_batches_splits_and_levels(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["mixture"].shape == (4, 8000) and batch["sources"].shape == (4, 2, 8000)
     torch.testing.assert_close(batch["mixture"], batch["sources"].sum(1), rtol=1e-5, atol=1e-6)
-    train_specs = [dm.datasets["train"].sampler(i) for i in range(16)]
+    train_specs = [dm.datasets["train"].sampler(epoch, i) for epoch in range(3) for i in range(16)]
     assert _indices(dm, train_specs).isdisjoint(set(range(0, 8)))
     assert _indices(dm, dm.datasets["test"].specs) <= set(range(0, 5))
     assert _indices(dm, dm.datasets["val"].specs) <= set(range(5, 8))
@@ -51,8 +51,15 @@ def test_fixed_lists_are_written_and_reread(tmp_path):
     assert again.datasets["test"].specs == first.datasets["test"].specs
     a, b = first.datasets["test"][3], again.datasets["test"][3]
     assert torch.equal(a["mixture"], b["mixture"])
-    # training mixtures are a function of (seed, index) only
-    assert torch.equal(first.datasets["train"][5]["sources"], again.datasets["train"][5]["sources"])
+    # training mixtures are a function of (seed, epoch, index) only, and fresh every epoch
+    assert torch.equal(first.datasets["train"][(2, 5)]["sources"], again.datasets["train"][(2, 5)]["sources"])
+    assert not torch.equal(first.datasets["train"][(2, 5)]["sources"], first.datasets["train"][(3, 5)]["sources"])
+    loader = first.train_dataloader()
+    epoch0 = next(iter(loader))["mixture"]
+    loader.sampler.set_epoch(1)
+    assert not torch.equal(next(iter(loader))["mixture"], epoch0)
+    loader.sampler.set_epoch(0)
+    assert torch.equal(next(iter(loader))["mixture"], epoch0)
     other = _dm(tmp_path / "other", seed=1)
     assert other.datasets["test"].specs != first.datasets["test"].specs
 
