@@ -494,9 +494,10 @@ def forecasting_checkpoint(tmp_path_factory) -> Path:
     """A real ForecastingTask checkpoint, as the trainer writes it."""
     backbone = ITransformer(16, 8, num_channels=2, d_model=16, d_ff=16, depth=1)
     datamodule = ForecastingDataModule(data=series(), seq_len=16, pred_len=8, batch_size=8)
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, **QUIET)
+    folder = tmp_path_factory.mktemp("checkpoints")
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, enable_checkpointing=False, default_root_dir=folder, **QUIET)
     trainer.fit(ForecastingTask(backbone), datamodule=datamodule)
-    path = tmp_path_factory.mktemp("checkpoints") / "forecasting.ckpt"
+    path = folder / "forecasting.ckpt"
     trainer.save_checkpoint(path)
     return path
 
