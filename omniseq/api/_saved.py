@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from omniseq._files import atomic_path
-from omniseq.recipes.checkpoints import describe_checkpoint
+from omniseq.recipes.checkpoints import describe_checkpoint, short_name
 
 __all__ = ["load_payload", "save_payload"]
 
@@ -53,8 +53,8 @@ def load_payload(path: str | Path, kind: str, required: tuple[str, ...], weights
         raise ValueError(f"{path} was written by {saved_by}.save, not {kind}.save; read it with {saved_by}.load")
     if "state_dict" in payload and "pytorch-lightning_version" in payload:
         task, backbone = describe_checkpoint(payload)
-        task_name = task.rpartition(".")[2] if task else "the task that wrote it"
-        written = f" of {task_name} (backbone {(backbone or '?').rpartition('.')[2]})" if task else ""
+        task_name = short_name(task) if task else "the task that wrote it"
+        written = f" of {task_name} (backbone {short_name(backbone)})" if task else ""
         alternative = f" or {kind}.from_checkpoint" if has_from_checkpoint else ""
         raise ValueError(
             f"{path} is a Lightning training checkpoint{written}, not a file written by {kind}.save; "

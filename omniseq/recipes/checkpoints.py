@@ -21,6 +21,7 @@ __all__ = [
     "check_checkpoint_matches_config",
     "describe_checkpoint",
     "read_checkpoint",
+    "short_name",
     "state_dict_mismatch",
 ]
 
@@ -36,7 +37,8 @@ def _qualified(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _short(class_path: str | None) -> str:
+def short_name(class_path: str | None) -> str:
+    """The class name of a dotted class path (``"?"`` when unknown)."""
     return class_path.rpartition(".")[2] if class_path else "?"
 
 
@@ -94,7 +96,7 @@ class CheckpointOrigin:
             if problem is None:
                 raise
             task, backbone = getattr(self, "_checkpoint_origin", (None, None))
-            origin = f"{_short(task)} (backbone {_short(backbone)})" if task else "an unrecorded model"
+            origin = f"{short_name(task)} (backbone {short_name(backbone)})" if task else "an unrecorded model"
             raise CheckpointMismatchError(
                 f"checkpoint weights do not fit {self._describe()}: {problem}. The checkpoint was written by "
                 f"{origin}; load it with the task and backbone settings it was trained with"
@@ -115,8 +117,8 @@ class CheckpointOrigin:
             if task is None or _is_subclass(task, cls):
                 raise
             raise CheckpointMismatchError(
-                f"{checkpoint_path} is a checkpoint of {_short(task)} (backbone {_short(backbone)}); "
-                f"{cls.__name__}.load_from_checkpoint cannot load it. Use {_short(task)}.load_from_checkpoint, "
+                f"{checkpoint_path} is a checkpoint of {short_name(task)} (backbone {short_name(backbone)}); "
+                f"{cls.__name__}.load_from_checkpoint cannot load it. Use {short_name(task)}.load_from_checkpoint, "
                 f"or the recipe that trained it"
             ) from err
 
@@ -179,8 +181,8 @@ def check_checkpoint_matches_config(config: Any) -> None:
     if expected is None or task is None or task == expected or _is_subclass(task, _resolve(expected)):
         return
     raise CheckpointMismatchError(
-        f"--ckpt_path {ckpt_path} is a checkpoint of {_short(task)} (backbone {_short(backbone)}), but the "
-        f"config builds {_short(expected)}; pass the recipe the checkpoint was trained with "
+        f"--ckpt_path {ckpt_path} is a checkpoint of {short_name(task)} (backbone {short_name(backbone)}), but the "
+        f"config builds {short_name(expected)}; pass the recipe the checkpoint was trained with "
         f"(its config.yaml is saved in the run folder)"
     )
 
