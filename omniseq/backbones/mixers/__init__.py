@@ -2,6 +2,7 @@
 
 from omniseq.backbones.mixers import (  # noqa: F401  (registration side effects)
     attention,
+    fsmn,
     gla,
     mamba,
     mlp,
