@@ -10,7 +10,7 @@ import torch
 from omniseq.backbones.mixers import build_mixer, list_mixers
 
 DIM = 16
-EXPECTED = {"attention", "window_attention", "gla", "mamba", "s4d", "s5", "mlp"}
+EXPECTED = {"attention", "window_attention", "gla", "mamba", "s4d", "s5", "mlp", "fsmn"}
 # Small options per mixer so every test runs in milliseconds.
 SMALL = {
     "attention": {"num_heads": 4},
@@ -20,8 +20,9 @@ SMALL = {
     "s4d": {"d_state": 8},
     "s5": {"d_state": 8},
     "mlp": {},
+    "fsmn": {"kernel_size": 5, "dilation": 2},
 }
-CAUSAL_CAPABLE = ["attention", "gla", "mamba", "s4d", "s5", "mlp"]
+CAUSAL_CAPABLE = ["attention", "gla", "mamba", "s4d", "s5", "mlp", "fsmn"]
 CONFIGS = [(name, False) for name in sorted(EXPECTED)] + [(name, True) for name in CAUSAL_CAPABLE]
 
 

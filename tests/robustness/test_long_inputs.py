@@ -366,6 +366,7 @@ LONG_OPTIONS = {
     "s4d": {"d_state": 8},
     "s5": {"d_state": 8},
     "mlp": {},
+    "fsmn": {"kernel_size": 17},
     "windowed": {"inner": "gla", "window_size": 16, "num_heads": 2},
 }
 

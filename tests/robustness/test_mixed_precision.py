@@ -44,6 +44,7 @@ TINY = {
     "s4d": {"d_state": 8},
     "s5": {"d_state": 8},
     "mlp": {"seq_len": SEQ},
+    "fsmn": {"kernel_size": 3},
     "windowed": {"inner": "gla", "window_size": 2, "num_heads": 2},
 }
 
@@ -295,7 +296,7 @@ RECURRENT_STATE = {
     "s4d": lambda state: [state],
     "s5": lambda state: [state],
 }
-CACHE_STATE = {"attention", "mlp"}
+CACHE_STATE = {"attention", "mlp", "fsmn"}
 
 
 @pytest.mark.parametrize("name", [n for n, causal in VARIANTS if causal])
