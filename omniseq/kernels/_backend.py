@@ -1,8 +1,10 @@
 """Backend dispatch shared by every kernel.
 
-``backend="auto"`` picks Triton for CUDA tensors when Triton imports, else the
-PyTorch path. ``OMNISEQ_KERNEL_BACKEND=torch|triton`` forces a backend globally,
-which is how a user works around a kernel bug without touching code.
+``backend="auto"`` picks Triton for CUDA tensors when Triton imports; on the CPU
+it picks the op's compiled C kernel (``omniseq.kernels.cpu``) where the op has one
+and it builds, else the PyTorch path. ``"cpu"`` asks for the compiled kernel (ops
+without one run PyTorch). ``OMNISEQ_KERNEL_BACKEND=torch|triton|cpu`` forces a
+backend globally, which is how a user works around a kernel bug without touching code.
 
 :func:`own_precision` keeps ``torch.autocast`` out of a kernel: each kernel picks
 its own compute dtype (fp32 for fp16/bf16 inputs) and casts its result back.
@@ -18,7 +20,7 @@ from typing import TypeVar
 
 import torch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 ENV_VAR = "OMNISEQ_KERNEL_BACKEND"
 
 
@@ -35,8 +37,11 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
-    """Return ``"torch"`` or ``"triton"`` for this call."""
+def resolve_backend(backend: str, *tensors: torch.Tensor, cpu_kernel: str | None = None) -> str:
+    """Return ``"torch"``, ``"triton"`` or ``"cpu"`` for this call.
+
+    ``cpu_kernel`` names the op's compiled CPU kernel, if it has one.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     forced = os.environ.get(ENV_VAR, "").strip().lower()
@@ -45,12 +50,28 @@ def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
             raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {forced!r}")
         if backend == "auto":
             backend = forced
+    on_cuda = any(t is not None and t.is_cuda for t in tensors)
     if backend == "auto":
-        on_cuda = any(t is not None and t.is_cuda for t in tensors)
-        return "triton" if on_cuda and triton_available() else "torch"
+        if on_cuda:
+            return "triton" if triton_available() else "torch"
+        return "cpu" if cpu_kernel is not None and _cpu_kernel_builds(cpu_kernel) else "torch"
     if backend == "triton" and not triton_available():
         raise RuntimeError("backend='triton' requested but triton is not importable")
+    if backend == "cpu":
+        if cpu_kernel is None:
+            return "torch"
+        if on_cuda:
+            raise ValueError("backend='cpu' runs the compiled CPU kernel; the inputs are on CUDA")
+        from omniseq.kernels.cpu import load_cpu_library
+
+        load_cpu_library(cpu_kernel)  # raises, saying why, when it cannot be built
     return backend
+
+
+def _cpu_kernel_builds(name: str) -> bool:
+    from omniseq.kernels.cpu import cpu_kernels_available
+
+    return cpu_kernels_available(name)
 
 
 F = TypeVar("F", bound=Callable)
