@@ -48,13 +48,24 @@ def check_waveform(wav: torch.Tensor, min_length: int, who: str) -> None:
 
 
 class ConvEncoder(nn.Module):
-    """Learned analysis filterbank: ``(B, T) -> (B, L, channels)``, ReLU, 50% overlap."""
+    """Learned analysis filterbank: ``(B, T) -> (B, L, channels)``, 50% overlap.
 
-    def __init__(self, channels: int = 256, kernel_size: int = 16, stride: int | None = None) -> None:
+    ``activation="relu"`` rectifies the features (the Conv-TasNet paper);
+    ``"none"`` keeps them linear, as torchaudio's ConvTasNet does, so no filter
+    starts dead and the masks act on an invertible representation.
+    """
+
+    def __init__(
+        self, channels: int = 256, kernel_size: int = 16, stride: int | None = None,
+        activation: Literal["relu", "none"] = "relu",
+    ) -> None:
         super().__init__()
+        if activation not in ("relu", "none"):
+            raise ValueError(f"ConvEncoder: activation must be 'relu' or 'none', got {activation!r}")
         self.kernel_size, self.stride = kernel_size, stride or kernel_size // 2
         self.channels = channels
         self.conv = nn.Conv1d(1, channels, kernel_size, stride=self.stride, bias=False)
+        self.activation = nn.ReLU() if activation == "relu" else nn.Identity()
 
     def padding(self, length: int) -> int:
         """Right padding so that the frames cover every sample."""
@@ -64,7 +75,7 @@ class ConvEncoder(nn.Module):
         check_waveform(wav, self.kernel_size, "ConvEncoder")
         length = wav.shape[-1]
         x = F.pad(wav[:, None], (0, self.padding(length)))
-        return F.relu(self.conv(x)).transpose(1, 2), {"length": length}
+        return self.activation(self.conv(x)).transpose(1, 2), {"length": length}
 
 
 class ConvDecoder(nn.Module):
@@ -244,6 +255,7 @@ class MaskSeparator(nn.Module):
         masker: ``dualpath`` or ``sashimi``.
         masker_options: keyword options of ``DualPathMasker`` / ``SaShiMiMasker``
             (e.g. ``{"mixer": "mamba", "dim": 64, "chunk_size": 100}``).
+        encoder_activation: ``relu`` or ``none`` (linear filterbank) for the conv front end.
     """
 
     def __init__(
@@ -254,11 +266,12 @@ class MaskSeparator(nn.Module):
         kernel_size: int = 16,
         masker: Literal["dualpath", "sashimi"] = "dualpath",
         masker_options: dict | None = None,
+        encoder_activation: Literal["relu", "none"] = "relu",
     ) -> None:
         super().__init__()
         self.num_sources = num_sources
         if front_end == "conv":
-            self.encoder = ConvEncoder(channels, kernel_size)
+            self.encoder = ConvEncoder(channels, kernel_size, activation=encoder_activation)
             self.decoder = ConvDecoder(channels, kernel_size)
             self.stft = None
         elif front_end == "stft":
