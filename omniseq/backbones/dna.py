@@ -48,6 +48,10 @@ PosEmbed = Literal["none", "sinusoidal", "learned"]
 # Complement permutation of the character vocabulary [PAD] [MASK] [CLS] [SEP] [UNK] A C G T N
 # (omniseq.domains.genomics.NucleotideTokenizer("char").complement_ids).
 CHAR_COMPLEMENT = (0, 1, 2, 3, 4, 8, 7, 6, 5, 9)
+# Initial scale of token (and learned position) embeddings; fixed sinusoidal codes are
+# scaled to it too, else unit-size codes swamp the tokens ~35:1 and every sequence
+# starts with nearly the same pooled features (an attention model then cannot learn).
+EMBED_INIT_STD = 0.02
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -155,10 +159,10 @@ class DNAModel(nn.Module):
         self.register_buffer("complement", complement, persistent=False)
         self.embed = nn.Embedding(vocab_size, self.width)
         # Small init (as GPT-2 / Mamba): with a tied head, N(0, 1) embeddings give huge initial logits.
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=EMBED_INIT_STD)
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, max_length, self.width))
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.pos_embed, std=EMBED_INIT_STD)
         self.drop = nn.Dropout(dropout)
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
         self.blocks = nn.ModuleList(
@@ -195,7 +199,9 @@ class DNAModel(nn.Module):
         if self.pos_embed_kind == "learned":
             return self.pos_embed[:, offset : offset + length]
         if self.pos_embed_kind == "sinusoidal":
-            return sinusoidal_positions(offset + length, self.width, x.device, x.dtype)[offset:]
+            # sin/cos have RMS 1/sqrt(2): scaled to the token embeddings' initial RMS.
+            codes = sinusoidal_positions(offset + length, self.width, x.device, x.dtype)[offset:]
+            return codes * (EMBED_INIT_STD * math.sqrt(2.0))
         return None
 
     def trunk(self, ids: torch.Tensor) -> torch.Tensor:

@@ -144,3 +144,24 @@ def test_cnn_baseline_shapes_and_padding_invariance():
     mask = padded != 0
     assert cnn(ids).shape == (1, 10, 10)
     torch.testing.assert_close(cnn.forward_pooled(padded, mask), cnn.forward_pooled(ids))
+
+
+def test_sinusoidal_positions_leave_token_signal_at_init():
+    """Fixed position codes must not swamp the tokens (they did ~35:1, so every sequence
+    pooled to nearly the same vector and a GUE attention model stayed at chance)."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, 9, (32, 101))
+    pooled = {}
+    for pos in ("none", "sinusoidal"):
+        torch.manual_seed(1)  # positions have no parameters: both models get identical weights
+        model = DNAModel(dim=64, depth=2, mixer="attention", num_heads=4, channel_mixer="mlp",
+                         norm="layernorm", pos_embed=pos).eval()
+        with torch.no_grad():
+            pooled[pos] = (model.forward_pooled(ids), model.forward_pooled(ids.roll(7, dims=1)))
+    # Oracle: the position-free model sees only tokens (mean-pooled attention is order-blind).
+    torch.testing.assert_close(pooled["none"][0], pooled["none"][1])
+    spread_tokens_only = pooled["none"][0].std(0).mean()
+    spread = pooled["sinusoidal"][0].std(0).mean()
+    assert spread > 0.5 * spread_tokens_only, (spread, spread_tokens_only)
+    # ... and the positions still matter: a rotated sequence pools differently.
+    assert (pooled["sinusoidal"][0] - pooled["sinusoidal"][1]).abs().max() > 1e-3
