@@ -32,6 +32,7 @@ __all__ = [
     "MaskSeparator",
     "SaShiMiMasker",
     "STFTFrontEnd",
+    "SinglePathMasker",
     "TorchaudioConvTasNet",
     "check_waveform",
 ]
@@ -210,6 +211,53 @@ class DualPathMasker(nn.Module):
         return self.mask_activation(masks.reshape(B, L, self.num_sources, N).permute(0, 2, 1, 3))
 
 
+class SinglePathMasker(nn.Module):
+    """Blocks over the whole frame sequence (Conv-TasNet's TCN layout, any mixer):
+    ``(B, L, channels) -> masks (B, num_sources, L, channels)``.
+
+    ``block_mixer_options`` are per-block overrides of ``mixer_options``, cycled
+    over the ``depth`` blocks; e.g. ``[{"dilation": 1}, {"dilation": 2}, ...]``
+    gives an ``fsmn`` stack the exponentially growing reach of a TCN.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_sources: int = 2,
+        dim: int = 64,
+        depth: int = 8,
+        mixer: str = "fsmn",
+        mixer_options: dict | None = None,
+        block_mixer_options: list[dict] | None = None,
+        num_heads: int | None = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        mask_activation: Literal["relu", "sigmoid"] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"SinglePathMasker: depth must be >= 1, got {depth}")
+        self.num_sources, self.channels = num_sources, channels
+        self.norm = nn.GroupNorm(1, channels)
+        self.bottleneck = nn.Linear(channels, dim)
+        per_block = block_mixer_options or [{}]
+        options = dict(mixer=mixer, mlp_ratio=mlp_ratio, drop=dropout)
+        if mixer in ("attention", "gla"):
+            options["num_heads"] = num_heads
+        self.blocks = nn.Sequential(*(
+            Block(dim, mixer_options={**(mixer_options or {}), **per_block[i % len(per_block)]}, **options)
+            for i in range(depth)
+        ))
+        self.out = nn.Sequential(nn.PReLU(), nn.Linear(dim, num_sources * channels))
+        self.mask_activation = nn.ReLU() if mask_activation == "relu" else nn.Sigmoid()
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        B, L, N = feats.shape
+        x = self.bottleneck(self.norm(feats.transpose(1, 2)).transpose(1, 2))
+        masks = self.out(self.blocks(x)).reshape(B, L, self.num_sources, N)
+        return self.mask_activation(masks.permute(0, 2, 1, 3))
+
+
 class SaShiMiMasker(nn.Module):
     """Non-causal SaShiMi over the encoded frames: ``(B, L, channels) -> (B, S, L, channels)``."""
 
@@ -252,8 +300,8 @@ class MaskSeparator(nn.Module):
         front_end: ``conv`` (learned, Conv-TasNet) or ``stft`` (magnitude masks, mixture phase).
         channels: filters of the conv front end (ignored by ``stft``: ``n_fft // 2 + 1``).
         kernel_size: conv kernel in samples (stride = half of it), or ``n_fft`` for ``stft``.
-        masker: ``dualpath`` or ``sashimi``.
-        masker_options: keyword options of ``DualPathMasker`` / ``SaShiMiMasker``
+        masker: ``dualpath``, ``singlepath`` or ``sashimi``.
+        masker_options: keyword options of ``DualPathMasker`` / ``SinglePathMasker`` / ``SaShiMiMasker``
             (e.g. ``{"mixer": "mamba", "dim": 64, "chunk_size": 100}``).
         encoder_activation: ``relu`` or ``none`` (linear filterbank) for the conv front end.
     """
@@ -264,7 +312,7 @@ class MaskSeparator(nn.Module):
         front_end: Literal["conv", "stft"] = "conv",
         channels: int = 128,
         kernel_size: int = 16,
-        masker: Literal["dualpath", "sashimi"] = "dualpath",
+        masker: Literal["dualpath", "singlepath", "sashimi"] = "dualpath",
         masker_options: dict | None = None,
         encoder_activation: Literal["relu", "none"] = "relu",
     ) -> None:
@@ -280,7 +328,7 @@ class MaskSeparator(nn.Module):
         else:
             raise ValueError(f"front_end must be 'conv' or 'stft', got {front_end!r}")
         self.kernel_size = kernel_size
-        maskers = {"dualpath": DualPathMasker, "sashimi": SaShiMiMasker}
+        maskers = {"dualpath": DualPathMasker, "singlepath": SinglePathMasker, "sashimi": SaShiMiMasker}
         if masker not in maskers:
             raise ValueError(f"masker must be one of {sorted(maskers)}, got {masker!r}")
         self.masker = maskers[masker](channels, num_sources=num_sources, **(masker_options or {}))

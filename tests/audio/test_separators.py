@@ -15,7 +15,7 @@ from omniseq.backbones.separators import (
 )
 
 
-@pytest.mark.parametrize("mixer", ["attention", "mamba", "gla", "s5", "s4d"])
+@pytest.mark.parametrize("mixer", ["attention", "mamba", "gla", "s5", "s4d", "fsmn"])
 def test_dualpath_separator_every_mixer(mixer):
     torch.manual_seed(0)
     model = MaskSeparator(num_sources=3, channels=16, masker_options=dict(mixer=mixer, dim=16, chunk_size=10, num_heads=2))
@@ -30,6 +30,7 @@ def test_dualpath_separator_every_mixer(mixer):
 def test_sashimi_and_stft_separators():
     x = torch.randn(2, 1000)
     assert MaskSeparator(channels=16, masker="sashimi", masker_options=dict(dim=8, depth=1)).eval()(x).shape == (2, 2, 1000)
+    assert MaskSeparator(channels=16, masker="singlepath", masker_options=dict(dim=8, depth=2)).eval()(x).shape == (2, 2, 1000)
     assert MaskSeparator(front_end="stft", kernel_size=64, masker_options=dict(dim=8, chunk_size=8)).eval()(x).shape == (2, 2, 1000)
 
 
@@ -94,3 +95,35 @@ def test_torchaudio_convtasnet_baseline_interface():
     assert model(torch.randn(2, 333)).shape == (2, 2, 333)
     with pytest.raises(ValueError, match="encoder kernel"):
         model(torch.randn(2, 8))
+
+
+def test_singlepath_fsmn_masker_reaches_exactly_its_summed_dilations():
+    """A TCN-style stack: each fsmn block reaches (kernel_size - 1) / 2 * dilation frames per side."""
+    from omniseq.backbones.separators import SinglePathMasker
+
+    torch.manual_seed(0)
+    dilations = [1, 2, 4]
+    masker = SinglePathMasker(
+        8, dim=8, depth=4, mixer="fsmn", mixer_options={"kernel_size": 3},
+        block_mixer_options=[{"dilation": d} for d in dilations],
+    ).double()
+    assert [b.mixer.dilation for b in masker.blocks] == [1, 2, 4, 1]
+    # GroupNorm(1) couples all frames; take gradients after it to see the stack's own reach.
+    x = torch.randn(1, 41, 8, dtype=torch.float64, requires_grad=True)
+    masker.out(masker.blocks(x))[0, 20].sum().backward()
+    touched = (x.grad[0].abs().sum(-1) > 0).nonzero().flatten()
+    reach = 1 + 2 + 4 + 1
+    assert touched.min().item() == 20 - reach and touched.max().item() == 20 + reach
+    assert masker(torch.randn(2, 41, 8, dtype=torch.float64)).shape == (2, 2, 41, 8)
+
+
+def test_linear_conv_front_end_keeps_negative_features():
+    torch.manual_seed(0)
+    wav = torch.randn(2, 400)
+    linear, rectified = ConvEncoder(8, 16, activation="none"), ConvEncoder(8, 16)
+    rectified.load_state_dict(linear.state_dict())
+    feats, _ = linear(wav)
+    assert (feats < 0).any()
+    torch.testing.assert_close(rectified(wav)[0], feats.clamp_min(0))
+    with pytest.raises(ValueError, match="'relu' or 'none'"):
+        ConvEncoder(8, 16, activation="tanh")
