@@ -2,6 +2,11 @@
 
     python benchmarks/kernels.py                  # L in 256, 1024, 4096, 16384
     python benchmarks/kernels.py --lengths 256 1024 --ops gla
+    python benchmarks/kernels.py --ops selective_scan --grad   # forward + backward
+
+"fast" is the PyTorch form; ops with a compiled C kernel (``backend="cpu"``, the
+default on CPU when a C compiler is present) get a "compiled" column measured in
+the same run, with its speed-up over the PyTorch form.
 
 Each (op, form, L) runs in a fresh subprocess so that peak RSS is its own; the
 peak reported is the rise of the resident set above what the inputs already
@@ -24,12 +29,15 @@ OPS = ("attention", "gla", "linear_scan", "selective_scan", "ssm_conv", "fft_con
 REFERENCE_MAX_LEN = {"attention": 4096, "fft_conv": 4096}
 
 
-def make_case(op: str, length: int):
-    """Inputs and (reference, fast) callables for one op at length L."""
+COMPILED_OPS = ("selective_scan",)
+
+
+def make_case(op: str, length: int, grad: bool = False):
+    """Inputs and (reference, fast[, compiled]) callables for one op at length L."""
     from omniseq import kernels as K
 
     g = torch.Generator().manual_seed(0)
-    rand = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    rand = lambda *s: torch.randn(*s, generator=g).requires_grad_(grad)  # noqa: E731
     if op == "attention":
         q, k, v = (rand(1, length, 4, 64) for _ in range(3))
         return (lambda: K.attention_reference(q, k, v, causal=True),
@@ -50,7 +58,8 @@ def make_case(op: str, length: int):
         B, C = rand(1, length, n), rand(1, length, n)
         kw = dict(delta_softplus=True)
         return (lambda: K.selective_scan_reference(u, delta, A, B, C, **kw),
-                lambda: K.selective_scan(u, delta, A, B, C, **kw))
+                lambda: K.selective_scan(u, delta, A, B, C, **kw, backend="torch"),
+                lambda: K.selective_scan(u, delta, A, B, C, **kw, backend="cpu"))
     if op == "ssm_conv":
         h, n = 256, 32
         log_dt = torch.rand(h, generator=g) * 4 - 7
@@ -72,13 +81,16 @@ def current_rss_kib() -> int:
     return 0
 
 
-def measure(op: str, form: str, length: int, repeats: int) -> dict:
+FORMS = ("reference", "fast", "compiled")
+
+
+def measure(op: str, form: str, length: int, repeats: int, grad: bool) -> dict:
     """Run in a child process: median seconds and peak extra memory (MiB)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    fns = make_case(op, length)
-    fn = fns[0] if form == "reference" else fns[1]
+    forward = make_case(op, length, grad)[FORMS.index(form)]
+    fn = (lambda: forward().sum().backward()) if grad else forward
     before = current_rss_kib()
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         fn()  # warm-up, and the peak-memory sample
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         times = []
@@ -90,8 +102,8 @@ def measure(op: str, form: str, length: int, repeats: int) -> dict:
     return {"seconds": times[len(times) // 2], "peak_mib": max(0, peak - before) / 1024}
 
 
-def run_child(op: str, form: str, length: int, repeats: int) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", op, form, str(length), str(repeats)]
+def run_child(op: str, form: str, length: int, repeats: int, grad: bool) -> dict | None:
+    cmd = [sys.executable, __file__, "--child", op, form, str(length), str(repeats), str(int(grad))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
@@ -104,30 +116,36 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--grad", action="store_true", help="time forward + backward")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        op, form, length, repeats = args.child
-        print(json.dumps(measure(op, form, int(length), int(repeats))))
+        op, form, length, repeats, grad = args.child
+        print(json.dumps(measure(op, form, int(length), int(repeats), grad == "1")))
         return
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"omniseq kernels on CPU ({torch.get_num_threads()} threads)")
-    for col in ("op", "L", "reference s", "fast s", "speed-up", "reference MiB", "fast MiB"):
+    what = "forward + backward" if args.grad else "forward"
+    table = Table(title=f"omniseq kernels on CPU, {what} ({torch.get_num_threads()} threads)")
+    for col in ("op", "L", "reference s", "fast s", "speed-up", "compiled s", "compiled vs fast",
+                "reference MiB", "fast MiB", "compiled MiB"):
         table.add_column(col, justify="right")
+    fmt = lambda r, k, f: f.format(r[k]) if r else "skipped"  # noqa: E731
+    ratio = lambda slow, quick: f"{slow['seconds'] / quick['seconds']:.1f}x" if slow and quick else "-"  # noqa: E731
     for op in args.ops:
         for length in args.lengths:
-            fast = run_child(op, "fast", length, args.repeats)
+            fast = run_child(op, "fast", length, args.repeats, args.grad)
+            compiled = run_child(op, "compiled", length, args.repeats, args.grad) if op in COMPILED_OPS else None
             ref = None
             if length <= REFERENCE_MAX_LEN.get(op, 1 << 30):
-                ref = run_child(op, "reference", length, 1 if length > 1024 else args.repeats)
-            fmt = lambda r, k, f: f.format(r[k]) if r else "skipped"  # noqa: E731
-            ratio = f"{ref['seconds'] / fast['seconds']:.1f}x" if ref and fast else "-"
+                ref = run_child(op, "reference", length, 1 if length > 1024 else args.repeats, args.grad)
             table.add_row(op, str(length), fmt(ref, "seconds", "{:.4f}"), fmt(fast, "seconds", "{:.4f}"),
-                          ratio, fmt(ref, "peak_mib", "{:.1f}"), fmt(fast, "peak_mib", "{:.1f}"))
-    Console().print(table)
+                          ratio(ref, fast), fmt(compiled, "seconds", "{:.4f}"), ratio(fast, compiled),
+                          fmt(ref, "peak_mib", "{:.1f}"), fmt(fast, "peak_mib", "{:.1f}"),
+                          fmt(compiled, "peak_mib", "{:.1f}"))
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

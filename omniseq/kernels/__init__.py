@@ -1,7 +1,9 @@
 """Pure tensor functions: the math of sequence mixing.
 
-Every op takes ``backend="auto"|"torch"|"triton"`` and has a loop reference
+Every op takes ``backend="auto"|"torch"|"triton"|"cpu"`` and has a loop reference
 (``*_reference``) beside its fast form; the references are the test oracles.
+``"cpu"`` is a compiled C kernel (``omniseq.kernels.cpu``), which the selective
+scan has; ops without one run PyTorch.
 Shapes are sequence-major, as in flash-linear-attention (see DESIGN.md).
 """
 
