@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_RECIPES = [
+    "separation/fsdd_dualpath_fsmn",
     "separation/fsdd_dualpath_attention",
     "separation/fsdd_sashimi",
     "separation/fsdd_convtasnet",
