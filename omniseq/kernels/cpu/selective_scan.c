@@ -18,11 +18,12 @@
 #define STEP(t, length, reverse) ((reverse) ? (length) - 1 - (t) : (t))
 
 #define DEFINE_SCAN(T, S, SUFFIX, EXP)                                                          \
-int64_t selective_scan_fwd_##SUFFIX(                                                           \
+static inline __attribute__((always_inline)) int64_t fwd_body_##SUFFIX(                     \
     int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
-    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,            \
-    const T *Cm, const T *h0, T *y, T *h_last) {                                              \
-    S *h = malloc(sizeof(S) * nstate);                                                        \
+    int64_t d_stop, int reverse, const T *restrict u, const T *restrict dt,                   \
+    const T *restrict A, const T *restrict Bm, const T *restrict Cm, const T *restrict h0,    \
+    T *restrict y, T *restrict h_last) {                                                      \
+    S *restrict h = malloc(sizeof(S) * nstate);                                                        \
     if (!h) return -1;                                                                         \
     for (int64_t b = 0; b < batch; ++b) {                                                      \
         for (int64_t d = d_start; d < d_stop; ++d) {                                           \
@@ -51,15 +52,16 @@ int64_t selective_scan_fwd_##SUFFIX(                                            
     return 0;                                                                                  \
 }                                                                                              \
                                                                                                \
-int64_t selective_scan_bwd_##SUFFIX(                                                           \
+static inline __attribute__((always_inline)) int64_t bwd_body_##SUFFIX(                     \
     int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
-    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,            \
-    const T *Cm, const T *h0, const T *gy, const T *g_last, T *du, T *ddt, T *dA, T *dB,     \
-    T *dC, T *dh0) {                                                                           \
+    int64_t d_stop, int reverse, const T *restrict u, const T *restrict dt,                   \
+    const T *restrict A, const T *restrict Bm, const T *restrict Cm, const T *restrict h0,    \
+    const T *restrict gy, const T *restrict g_last, T *restrict du, T *restrict ddt,          \
+    T *restrict dA, T *restrict dB, T *restrict dC, T *restrict dh0) {                        \
     /* states[s] is the state before step s (states[0] = h0); decay[s] = exp(dt * A). */       \
-    S *states = malloc(sizeof(S) * (length + 1) * nstate);                                     \
-    T *decay = malloc(sizeof(T) * (length > 0 ? length : 1) * nstate);                         \
-    S *g = malloc(sizeof(S) * nstate);                                                         \
+    S *restrict states = malloc(sizeof(S) * (length + 1) * nstate);                                     \
+    T *restrict decay = malloc(sizeof(T) * (length > 0 ? length : 1) * nstate);                         \
+    S *restrict g = malloc(sizeof(S) * nstate);                                                         \
     if (!states || !decay || !g) { free(states); free(decay); free(g); return -1; }            \
     for (int64_t b = 0; b < batch; ++b) {                                                      \
         for (int64_t d = d_start; d < d_stop; ++d) {                                           \
@@ -112,6 +114,30 @@ int64_t selective_scan_bwd_##SUFFIX(                                            
     }                                                                                          \
     free(states); free(decay); free(g);                                                        \
     return 0;                                                                                  \
+}                                                                                              \
+                                                                                               \
+/* Mamba's N = 16 gets its own copy with a constant trip count: fully unrolled inner loops. */ \
+int64_t selective_scan_fwd_##SUFFIX(                                                           \
+    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
+    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,            \
+    const T *Cm, const T *h0, T *y, T *h_last) {                                              \
+    if (nstate == 16)                                                                          \
+        return fwd_body_##SUFFIX(batch, length, dim, 16, d_start, d_stop, reverse, u, dt, A,  \
+                                 Bm, Cm, h0, y, h_last);                                       \
+    return fwd_body_##SUFFIX(batch, length, dim, nstate, d_start, d_stop, reverse, u, dt, A,  \
+                             Bm, Cm, h0, y, h_last);                                           \
+}                                                                                              \
+                                                                                               \
+int64_t selective_scan_bwd_##SUFFIX(                                                           \
+    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
+    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,            \
+    const T *Cm, const T *h0, const T *gy, const T *g_last, T *du, T *ddt, T *dA, T *dB,     \
+    T *dC, T *dh0) {                                                                           \
+    if (nstate == 16)                                                                          \
+        return bwd_body_##SUFFIX(batch, length, dim, 16, d_start, d_stop, reverse, u, dt, A,  \
+                                 Bm, Cm, h0, gy, g_last, du, ddt, dA, dB, dC, dh0);            \
+    return bwd_body_##SUFFIX(batch, length, dim, nstate, d_start, d_stop, reverse, u, dt, A,  \
+                             Bm, Cm, h0, gy, g_last, du, ddt, dA, dB, dC, dh0);                \
 }
 
 /* softplus(x + bias[channel]) with PyTorch's threshold (x > 20 -> x), as one flat loop
