@@ -129,7 +129,34 @@ def _sinusoidal(length: int, dim: int, device, dtype) -> torch.Tensor:
     return table.to(dtype)
 
 
-class DualPathMasker(nn.Module):
+class _FrameMasker(nn.Module):
+    """The ends every masker shares: GroupNorm + bottleneck in, PReLU + linear + mask out.
+
+    Subclasses build the input end, then their sequence model, then the output end,
+    in that order (it fixes the seeded initialisation), and implement ``_frames``.
+    """
+
+    def _build_input(self, channels: int, num_sources: int, dim: int) -> None:
+        self.num_sources, self.channels = num_sources, channels
+        self.norm = nn.GroupNorm(1, channels)
+        self.bottleneck = nn.Linear(channels, dim)
+
+    def _build_output(self, channels: int, num_sources: int, dim: int, mask_activation: str) -> None:
+        self.out = nn.Sequential(nn.PReLU(), nn.Linear(dim, num_sources * channels))
+        self.mask_activation = nn.ReLU() if mask_activation == "relu" else nn.Sigmoid()
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, dim) -> (B, L, dim)``: the masker's sequence model."""
+        raise NotImplementedError
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        B, L, N = feats.shape
+        x = self.bottleneck(self.norm(feats.transpose(1, 2)).transpose(1, 2))
+        masks = self.out(self._frames(x)).reshape(B, L, self.num_sources, N)
+        return self.mask_activation(masks.permute(0, 2, 1, 3))
+
+
+class DualPathMasker(_FrameMasker):
     """Dual-path masker: ``(B, L, channels) -> masks (B, num_sources, L, channels)``.
 
     Frames are cut into chunks of ``chunk_size`` with 50% overlap; each of
@@ -158,10 +185,9 @@ class DualPathMasker(nn.Module):
         super().__init__()
         if chunk_size < 2:
             raise ValueError(f"DualPathMasker: chunk_size must be >= 2, got {chunk_size}")
-        self.num_sources, self.chunk_size, self.channels = num_sources, chunk_size, channels
+        self.chunk_size = chunk_size
         self.positional = (mixer == "attention") if positional is None else positional
-        self.norm = nn.GroupNorm(1, channels)
-        self.bottleneck = nn.Linear(channels, dim)
+        self._build_input(channels, num_sources, dim)
         options = dict(mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio, drop=dropout)
         if mixer in ("attention", "gla"):
             options["num_heads"] = num_heads
@@ -171,8 +197,7 @@ class DualPathMasker(nn.Module):
 
         self.intra = nn.ModuleList(stack() for _ in range(num_repeats))
         self.inter = nn.ModuleList(stack() for _ in range(num_repeats))
-        self.out = nn.Sequential(nn.PReLU(), nn.Linear(dim, num_sources * channels))
-        self.mask_activation = nn.ReLU() if mask_activation == "relu" else nn.Sigmoid()
+        self._build_output(channels, num_sources, dim, mask_activation)
 
     def _chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``(B, L, D) -> (B, C, K, D)`` with hop K/2 and half a chunk of padding on each side."""
@@ -198,20 +223,17 @@ class DualPathMasker(nn.Module):
             x = x + _sinusoidal(x.shape[1], x.shape[2], x.device, x.dtype)
         return blocks(x)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        B, L, N = feats.shape
-        x = self.bottleneck(self.norm(feats.transpose(1, 2)).transpose(1, 2))
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
         chunks, length = self._chunk(x)
-        _, C, K, D = chunks.shape
+        B, C, K, D = chunks.shape
         for intra, inter in zip(self.intra, self.inter, strict=True):
             chunks = chunks + self._pass(intra, chunks.reshape(B * C, K, D)).reshape(B, C, K, D)
             across = chunks.transpose(1, 2).reshape(B * K, C, D)
             chunks = chunks + self._pass(inter, across).reshape(B, K, C, D).transpose(1, 2)
-        masks = self.out(self._merge(chunks, length))  # (B, L, S * N)
-        return self.mask_activation(masks.reshape(B, L, self.num_sources, N).permute(0, 2, 1, 3))
+        return self._merge(chunks, length)
 
 
-class SinglePathMasker(nn.Module):
+class SinglePathMasker(_FrameMasker):
     """Blocks over the whole frame sequence (Conv-TasNet's TCN layout, any mixer):
     ``(B, L, channels) -> masks (B, num_sources, L, channels)``.
 
@@ -237,9 +259,7 @@ class SinglePathMasker(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"SinglePathMasker: depth must be >= 1, got {depth}")
-        self.num_sources, self.channels = num_sources, channels
-        self.norm = nn.GroupNorm(1, channels)
-        self.bottleneck = nn.Linear(channels, dim)
+        self._build_input(channels, num_sources, dim)
         per_block = block_mixer_options or [{}]
         options = dict(mixer=mixer, mlp_ratio=mlp_ratio, drop=dropout)
         if mixer in ("attention", "gla"):
@@ -248,17 +268,13 @@ class SinglePathMasker(nn.Module):
             Block(dim, mixer_options={**(mixer_options or {}), **per_block[i % len(per_block)]}, **options)
             for i in range(depth)
         ))
-        self.out = nn.Sequential(nn.PReLU(), nn.Linear(dim, num_sources * channels))
-        self.mask_activation = nn.ReLU() if mask_activation == "relu" else nn.Sigmoid()
+        self._build_output(channels, num_sources, dim, mask_activation)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        B, L, N = feats.shape
-        x = self.bottleneck(self.norm(feats.transpose(1, 2)).transpose(1, 2))
-        masks = self.out(self.blocks(x)).reshape(B, L, self.num_sources, N)
-        return self.mask_activation(masks.permute(0, 2, 1, 3))
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
 
 
-class SaShiMiMasker(nn.Module):
+class SaShiMiMasker(_FrameMasker):
     """Non-causal SaShiMi over the encoded frames: ``(B, L, channels) -> (B, S, L, channels)``."""
 
     def __init__(
@@ -275,21 +291,15 @@ class SaShiMiMasker(nn.Module):
         mask_activation: Literal["relu", "sigmoid"] = "relu",
     ) -> None:
         super().__init__()
-        self.num_sources, self.channels = num_sources, channels
-        self.norm = nn.GroupNorm(1, channels)
-        self.bottleneck = nn.Linear(channels, dim)
+        self._build_input(channels, num_sources, dim)
         self.sashimi = SaShiMi(
             dim, pools=pools, expand=expand, depth=depth, mixer=mixer, mixer_options=mixer_options,
             causal=False, dropout=dropout,
         )
-        self.out = nn.Sequential(nn.PReLU(), nn.Linear(dim, num_sources * channels))
-        self.mask_activation = nn.ReLU() if mask_activation == "relu" else nn.Sigmoid()
+        self._build_output(channels, num_sources, dim, mask_activation)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        B, L, N = feats.shape
-        x = self.bottleneck(self.norm(feats.transpose(1, 2)).transpose(1, 2))
-        masks = self.out(self.sashimi(x)).reshape(B, L, self.num_sources, N)
-        return self.mask_activation(masks.permute(0, 2, 1, 3))
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sashimi(x)
 
 
 class MaskSeparator(nn.Module):
