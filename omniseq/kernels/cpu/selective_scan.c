@@ -17,31 +17,31 @@
 
 #define STEP(t, length, reverse) ((reverse) ? (length) - 1 - (t) : (t))
 
-#define DEFINE_SCAN(T, S, SUFFIX, EXP)                                                          \
-static inline __attribute__((always_inline)) int64_t fwd_body_##SUFFIX(                     \
-    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
-    int64_t d_stop, int reverse, const T *restrict u, const T *restrict dt,                   \
-    const T *restrict A, const T *restrict Bm, const T *restrict Cm, const T *restrict h0,    \
-    T *restrict y, T *restrict h_last) {                                                      \
-    S *restrict h = malloc(sizeof(S) * nstate);                                                        \
+#define DEFINE_SCAN(T, S, SUFFIX, EXP)                                                         \
+static inline __attribute__((always_inline)) int64_t fwd_body_##SUFFIX(                        \
+    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,               \
+    int64_t d_stop, int reverse, const T *restrict u, const T *restrict dt,                    \
+    const T *restrict A, const T *restrict Bm, const T *restrict Cm, const T *restrict h0,     \
+    T *restrict y, T *restrict h_last) {                                                       \
+    S *restrict h = malloc(sizeof(S) * nstate);                                                \
     if (!h) return -1;                                                                         \
     for (int64_t b = 0; b < batch; ++b) {                                                      \
         for (int64_t d = d_start; d < d_stop; ++d) {                                           \
             const T *a_row = A + d * nstate;                                                   \
             for (int64_t n = 0; n < nstate; ++n)                                               \
-                h[n] = h0 ? (S)h0[(b * dim + d) * nstate + n] : (S)0;                             \
+                h[n] = h0 ? (S)h0[(b * dim + d) * nstate + n] : (S)0;                          \
             for (int64_t s = 0; s < length; ++s) {                                             \
                 int64_t t = STEP(s, length, reverse);                                          \
                 int64_t at = (b * length + t) * dim + d;                                       \
                 T step = dt[at], drive = step * u[at];                                         \
-                S acc = 0;                                \
+                S acc = 0;                                                                     \
                 const T *b_t = Bm + (b * length + t) * nstate;                                 \
                 const T *c_t = Cm + (b * length + t) * nstate;                                 \
                 for (int64_t n = 0; n < nstate; ++n) {                                         \
-                    h[n] = (S)EXP(step * a_row[n]) * h[n] + (S)(drive * b_t[n]);                       \
+                    h[n] = (S)EXP(step * a_row[n]) * h[n] + (S)(drive * b_t[n]);               \
                     acc += c_t[n] * h[n];                                                      \
                 }                                                                              \
-                y[at] = (T)acc;                                                                   \
+                y[at] = (T)acc;                                                                \
             }                                                                                  \
             if (h_last)                                                                        \
                 for (int64_t n = 0; n < nstate; ++n)                                           \
@@ -52,23 +52,23 @@ static inline __attribute__((always_inline)) int64_t fwd_body_##SUFFIX(         
     return 0;                                                                                  \
 }                                                                                              \
                                                                                                \
-static inline __attribute__((always_inline)) int64_t bwd_body_##SUFFIX(                     \
-    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
-    int64_t d_stop, int reverse, const T *restrict u, const T *restrict dt,                   \
-    const T *restrict A, const T *restrict Bm, const T *restrict Cm, const T *restrict h0,    \
-    const T *restrict gy, const T *restrict g_last, T *restrict du, T *restrict ddt,          \
-    T *restrict dA, T *restrict dB, T *restrict dC, T *restrict dh0) {                        \
+static inline __attribute__((always_inline)) int64_t bwd_body_##SUFFIX(                        \
+    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,               \
+    int64_t d_stop, int reverse, const T *restrict u, const T *restrict dt,                    \
+    const T *restrict A, const T *restrict Bm, const T *restrict Cm, const T *restrict h0,     \
+    const T *restrict gy, const T *restrict g_last, T *restrict du, T *restrict ddt,           \
+    T *restrict dA, T *restrict dB, T *restrict dC, T *restrict dh0) {                         \
     /* states[s] is the state before step s (states[0] = h0); decay[s] = exp(dt * A). */       \
-    S *restrict states = malloc(sizeof(S) * (length + 1) * nstate);                                     \
-    T *restrict decay = malloc(sizeof(T) * (length > 0 ? length : 1) * nstate);                         \
-    S *restrict g = malloc(sizeof(S) * nstate);                                                         \
+    S *restrict states = malloc(sizeof(S) * (length + 1) * nstate);                            \
+    T *restrict decay = malloc(sizeof(T) * (length > 0 ? length : 1) * nstate);                \
+    S *restrict g = malloc(sizeof(S) * nstate);                                                \
     if (!states || !decay || !g) { free(states); free(decay); free(g); return -1; }            \
     for (int64_t b = 0; b < batch; ++b) {                                                      \
         for (int64_t d = d_start; d < d_stop; ++d) {                                           \
             const T *a_row = A + d * nstate;                                                   \
             T *dA_row = dA + (d - d_start) * nstate;                                           \
             for (int64_t n = 0; n < nstate; ++n)                                               \
-                states[n] = h0 ? (S)h0[(b * dim + d) * nstate + n] : (S)0;                        \
+                states[n] = h0 ? (S)h0[(b * dim + d) * nstate + n] : (S)0;                     \
             for (int64_t s = 0; s < length; ++s) {                                             \
                 int64_t t = STEP(s, length, reverse);                                          \
                 int64_t at = (b * length + t) * dim + d;                                       \
@@ -76,19 +76,19 @@ static inline __attribute__((always_inline)) int64_t bwd_body_##SUFFIX(         
                 const T *b_t = Bm + (b * length + t) * nstate;                                 \
                 const S *prev = states + s * nstate;                                           \
                 S *next = states + (s + 1) * nstate;                                           \
-                T *dec = decay + s * nstate;                \
+                T *dec = decay + s * nstate;                                                   \
                 for (int64_t n = 0; n < nstate; ++n) {                                         \
                     dec[n] = EXP(step * a_row[n]);                                             \
-                    next[n] = (S)dec[n] * prev[n] + (S)(drive * b_t[n]);                               \
+                    next[n] = (S)dec[n] * prev[n] + (S)(drive * b_t[n]);                       \
                 }                                                                              \
             }                                                                                  \
             for (int64_t n = 0; n < nstate; ++n)                                               \
-                g[n] = g_last ? (S)g_last[(b * dim + d) * nstate + n] : (S)0;                     \
+                g[n] = g_last ? (S)g_last[(b * dim + d) * nstate + n] : (S)0;                  \
             for (int64_t s = length - 1; s >= 0; --s) {                                        \
                 int64_t t = STEP(s, length, reverse);                                          \
                 int64_t at = (b * length + t) * dim + d;                                       \
-                T step = dt[at], x = u[at], grad_y = gy[at];                                  \
-                S grad_dt = 0, grad_u = 0;          \
+                T step = dt[at], x = u[at], grad_y = gy[at];                                   \
+                S grad_dt = 0, grad_u = 0;                                                     \
                 const T *b_t = Bm + (b * length + t) * nstate;                                 \
                 const T *c_t = Cm + (b * length + t) * nstate;                                 \
                 T *db_t = dB + (b * length + t) * nstate, *dc_t = dC + (b * length + t) * nstate; \
@@ -118,33 +118,33 @@ static inline __attribute__((always_inline)) int64_t bwd_body_##SUFFIX(         
                                                                                                \
 /* Mamba's N = 16 gets its own copy with a constant trip count: fully unrolled inner loops. */ \
 int64_t selective_scan_fwd_##SUFFIX(                                                           \
-    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
-    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,            \
-    const T *Cm, const T *h0, T *y, T *h_last) {                                              \
+    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,               \
+    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,             \
+    const T *Cm, const T *h0, T *y, T *h_last) {                                               \
     if (nstate == 16)                                                                          \
-        return fwd_body_##SUFFIX(batch, length, dim, 16, d_start, d_stop, reverse, u, dt, A,  \
+        return fwd_body_##SUFFIX(batch, length, dim, 16, d_start, d_stop, reverse, u, dt, A,   \
                                  Bm, Cm, h0, y, h_last);                                       \
-    return fwd_body_##SUFFIX(batch, length, dim, nstate, d_start, d_stop, reverse, u, dt, A,  \
+    return fwd_body_##SUFFIX(batch, length, dim, nstate, d_start, d_stop, reverse, u, dt, A,   \
                              Bm, Cm, h0, y, h_last);                                           \
 }                                                                                              \
                                                                                                \
 int64_t selective_scan_bwd_##SUFFIX(                                                           \
-    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,              \
-    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,            \
-    const T *Cm, const T *h0, const T *gy, const T *g_last, T *du, T *ddt, T *dA, T *dB,     \
+    int64_t batch, int64_t length, int64_t dim, int64_t nstate, int64_t d_start,               \
+    int64_t d_stop, int reverse, const T *u, const T *dt, const T *A, const T *Bm,             \
+    const T *Cm, const T *h0, const T *gy, const T *g_last, T *du, T *ddt, T *dA, T *dB,       \
     T *dC, T *dh0) {                                                                           \
     if (nstate == 16)                                                                          \
-        return bwd_body_##SUFFIX(batch, length, dim, 16, d_start, d_stop, reverse, u, dt, A,  \
+        return bwd_body_##SUFFIX(batch, length, dim, 16, d_start, d_stop, reverse, u, dt, A,   \
                                  Bm, Cm, h0, gy, g_last, du, ddt, dA, dB, dC, dh0);            \
-    return bwd_body_##SUFFIX(batch, length, dim, nstate, d_start, d_stop, reverse, u, dt, A,  \
+    return bwd_body_##SUFFIX(batch, length, dim, nstate, d_start, d_stop, reverse, u, dt, A,   \
                              Bm, Cm, h0, gy, g_last, du, ddt, dA, dB, dC, dh0);                \
 }
 
 /* softplus(x + bias[channel]) with PyTorch's threshold (x > 20 -> x), as one flat loop
  * that the compiler vectorises; PyTorch's CPU log1p is scalar and cost more than the
  * whole scan forward. */
-#define DEFINE_SOFTPLUS(T, SUFFIX, EXP, LOG1P)                                               \
-void softplus_bias_##SUFFIX(int64_t rows, int64_t dim, const T *x, const T *bias, T *out) {   \
+#define DEFINE_SOFTPLUS(T, SUFFIX, EXP, LOG1P)                                                 \
+void softplus_bias_##SUFFIX(int64_t rows, int64_t dim, const T *x, const T *bias, T *out) {    \
     for (int64_t r = 0; r < rows; ++r) {                                                       \
         const T *x_row = x + r * dim;                                                          \
         T *out_row = out + r * dim;                                                            \
