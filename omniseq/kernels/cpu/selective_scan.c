@@ -144,7 +144,7 @@ int64_t selective_scan_bwd_##SUFFIX(                                            
  * that the compiler vectorises; PyTorch's CPU log1p is scalar and cost more than the
  * whole scan forward. */
 #define DEFINE_SOFTPLUS(T, SUFFIX, EXP, LOG1P)                                                 \
-void softplus_bias_##SUFFIX(int64_t rows, int64_t dim, const T *x, const T *bias, T *out) {    \
+int64_t softplus_bias_##SUFFIX(int64_t rows, int64_t dim, const T *x, const T *bias, T *out) { \
     for (int64_t r = 0; r < rows; ++r) {                                                       \
         const T *x_row = x + r * dim;                                                          \
         T *out_row = out + r * dim;                                                            \
@@ -153,6 +153,7 @@ void softplus_bias_##SUFFIX(int64_t rows, int64_t dim, const T *x, const T *bias
             out_row[j] = v > (T)20 ? v : LOG1P(EXP(v));                                        \
         }                                                                                      \
     }                                                                                          \
+    return 0;                                                                                  \
 }
 
 /* States stay in T: double states halved the fp32 error for decays near 1 but cost 30%. */

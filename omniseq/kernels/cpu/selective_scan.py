@@ -26,6 +26,13 @@ __all__ = ["selective_scan_cpu_core", "softplus_with_bias_cpu"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
+def _kernel(name: str, dtype: torch.dtype):
+    """The C function ``<name>_<f32|f64>``; each returns an int64 status (0 = ok)."""
+    function = getattr(load_cpu_library("selective_scan"), f"{name}_{_SUFFIX[dtype]}")
+    function.restype = ctypes.c_int64
+    return function
+
+
 def _pointer(tensor: torch.Tensor | None, offset: int = 0) -> ctypes.c_void_p | None:
     if tensor is None:
         return None
@@ -58,9 +65,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def forward(ctx, u, dt, A, B, C, h0, reverse):  # type: ignore[override]
         u, dt, A, B, C = (t.contiguous() for t in (u, dt, A, B, C))
         h0 = None if h0 is None else h0.contiguous()
-        kernel = getattr(
-            load_cpu_library("selective_scan"), f"selective_scan_fwd_{_SUFFIX[u.dtype]}"
-        )
+        kernel = _kernel("selective_scan_fwd", u.dtype)
         y = torch.empty_like(u)
         h_last = u.new_empty(u.shape[0], u.shape[2], A.shape[1])
         head = _sizes(u, A)
@@ -83,9 +88,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
         u, dt, A, B, C, h0 = ctx.saved_tensors
-        kernel = getattr(
-            load_cpu_library("selective_scan"), f"selective_scan_bwd_{_SUFFIX[u.dtype]}"
-        )
+        kernel = _kernel("selective_scan_bwd", u.dtype)
         grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
         grad_last = None if grad_last is None else grad_last.contiguous()
         slices = _slices(u.shape[2])
@@ -118,7 +121,7 @@ class _SoftplusWithBias(torch.autograd.Function):
     def forward(ctx, x, bias):  # type: ignore[override]
         x = x.contiguous()
         bias = None if bias is None else bias.contiguous()
-        kernel = getattr(load_cpu_library("selective_scan"), f"softplus_bias_{_SUFFIX[x.dtype]}")
+        kernel = _kernel("softplus_bias", x.dtype)
         out = torch.empty_like(x)
         kernel(
             ctypes.c_int64(x.numel() // max(x.shape[-1], 1)), ctypes.c_int64(x.shape[-1]),
