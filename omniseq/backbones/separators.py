@@ -33,6 +33,8 @@ __all__ = [
     "SaShiMiMasker",
     "STFTFrontEnd",
     "SinglePathMasker",
+    "TCNMasker",
+    "TemporalConvBlock",
     "TorchaudioConvTasNet",
     "check_waveform",
 ]
@@ -274,6 +276,92 @@ class SinglePathMasker(_FrameMasker):
         return self.blocks(x)
 
 
+class TemporalConvBlock(nn.Module):
+    """Conv-TasNet's 1-D conv block on ``(B, dim, L)``: 1x1 up, PReLU, gLN, dilated
+    depthwise conv, PReLU, gLN, then 1x1 back down to a residual and a skip output.
+
+    gLN (global layer norm: statistics over channels and time, a per-channel affine)
+    is ``GroupNorm`` with one group. The network's last block has no residual
+    (nothing reads it, and an unused parameter would stall DDP).
+    """
+
+    def __init__(self, dim: int, hidden: int, kernel_size: int, dilation: int, residual: bool = True) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv1d(dim, hidden, 1), nn.PReLU(), nn.GroupNorm(1, hidden, eps=1e-8))
+        self.depthwise = nn.Sequential(
+            nn.Conv1d(hidden, hidden, kernel_size, dilation=dilation, padding=dilation * (kernel_size - 1) // 2,
+                      groups=hidden),
+            nn.PReLU(), nn.GroupNorm(1, hidden, eps=1e-8),
+        )
+        self.residual = nn.Conv1d(hidden, dim, 1) if residual else None
+        self.skip = nn.Conv1d(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.depthwise(self.expand(x))
+        return (x if self.residual is None else x + self.residual(hidden)), self.skip(hidden)
+
+
+class TCNMasker(_FrameMasker):
+    """Conv-TasNet's temporal conv network with a sequence mixer in front of every stack:
+    ``(B, L, channels) -> masks (B, num_sources, L, channels)``.
+
+    Each of ``stacks`` stacks is ``mixer_depth`` residual mixer blocks (any registered
+    mixer, over the whole frame sequence) followed by ``layers`` conv blocks with
+    dilations 1, 2, 4, ...; the masks come from the sum of the conv blocks' skip outputs.
+    The conv blocks see a few hundred milliseconds; the mixer gives every stack the whole
+    recording (speaker identity, long pauses). ``mixer=None`` leaves the plain TCN.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_sources: int = 2,
+        dim: int = 64,
+        hidden: int = 128,
+        kernel_size: int = 3,
+        layers: int = 6,
+        stacks: int = 2,
+        mixer: str | None = "mamba",
+        mixer_options: dict | None = None,
+        mixer_depth: int = 1,
+        num_heads: int | None = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        mask_activation: Literal["relu", "sigmoid"] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0 or layers < 1 or stacks < 1:
+            raise ValueError(
+                f"TCNMasker: kernel_size must be odd and layers, stacks >= 1, got {kernel_size}, {layers}, {stacks}"
+            )
+        self._build_input(channels, num_sources, dim)
+        options = dict(mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio, drop=dropout)
+        if mixer in ("attention", "gla"):
+            options["num_heads"] = num_heads
+        self.mixers = nn.ModuleList(
+            nn.Sequential(*(Block(dim, **options) for _ in range(mixer_depth if mixer else 0)))
+            for _ in range(stacks)
+        )
+        self.convs = nn.ModuleList(
+            nn.ModuleList(
+                TemporalConvBlock(dim, hidden, kernel_size, 2**i, residual=(s, i) != (stacks - 1, layers - 1))
+                for i in range(layers)
+            )
+            for s in range(stacks)
+        )
+        self._build_output(channels, num_sources, dim, mask_activation)
+
+    def _frames(self, x: torch.Tensor) -> torch.Tensor:
+        skips = torch.zeros_like(x).transpose(1, 2)
+        for mixers, convs in zip(self.mixers, self.convs, strict=True):
+            x = mixers(x).transpose(1, 2)
+            for block in convs:
+                x, skip = block(x)
+                skips = skips + skip
+            x = x.transpose(1, 2)
+        return skips.transpose(1, 2)
+
+
 class SaShiMiMasker(_FrameMasker):
     """Non-causal SaShiMi over the encoded frames: ``(B, L, channels) -> (B, S, L, channels)``."""
 
@@ -310,8 +398,9 @@ class MaskSeparator(nn.Module):
         front_end: ``conv`` (learned, Conv-TasNet) or ``stft`` (magnitude masks, mixture phase).
         channels: filters of the conv front end (ignored by ``stft``: ``n_fft // 2 + 1``).
         kernel_size: conv kernel in samples (stride = half of it), or ``n_fft`` for ``stft``.
-        masker: ``dualpath``, ``singlepath`` or ``sashimi``.
+        masker: ``dualpath``, ``singlepath``, ``sashimi`` or ``tcn``.
         masker_options: keyword options of ``DualPathMasker`` / ``SinglePathMasker`` / ``SaShiMiMasker``
+            / ``TCNMasker``
             (e.g. ``{"mixer": "mamba", "dim": 64, "chunk_size": 100}``).
         encoder_activation: ``relu`` or ``none`` (linear filterbank) for the conv front end.
     """
@@ -322,7 +411,7 @@ class MaskSeparator(nn.Module):
         front_end: Literal["conv", "stft"] = "conv",
         channels: int = 128,
         kernel_size: int = 16,
-        masker: Literal["dualpath", "singlepath", "sashimi"] = "dualpath",
+        masker: Literal["dualpath", "singlepath", "sashimi", "tcn"] = "dualpath",
         masker_options: dict | None = None,
         encoder_activation: Literal["relu", "none"] = "relu",
     ) -> None:
@@ -338,7 +427,9 @@ class MaskSeparator(nn.Module):
         else:
             raise ValueError(f"front_end must be 'conv' or 'stft', got {front_end!r}")
         self.kernel_size = kernel_size
-        maskers = {"dualpath": DualPathMasker, "singlepath": SinglePathMasker, "sashimi": SaShiMiMasker}
+        maskers = {
+            "dualpath": DualPathMasker, "singlepath": SinglePathMasker, "sashimi": SaShiMiMasker, "tcn": TCNMasker,
+        }
         if masker not in maskers:
             raise ValueError(f"masker must be one of {sorted(maskers)}, got {masker!r}")
         self.masker = maskers[masker](channels, num_sources=num_sources, **(masker_options or {}))

@@ -85,7 +85,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         model(torch.randn(1, 2, 100))
     with pytest.raises(ValueError, match="masker must be one of"):
-        MaskSeparator(masker="tcn")
+        MaskSeparator(masker="unet")
     with pytest.raises(ValueError, match="front_end"):
         MaskSeparator(front_end="mel")
 
@@ -127,3 +127,75 @@ def test_linear_conv_front_end_keeps_negative_features():
     torch.testing.assert_close(rectified(wav)[0], feats.clamp_min(0))
     with pytest.raises(ValueError, match="'relu' or 'none'"):
         ConvEncoder(8, 16, activation="tanh")
+
+
+def _load_torchaudio_mask_generator(masker, generator) -> None:
+    """Copy torchaudio's ConvTasNet MaskGenerator weights into a mixer-free TCNMasker."""
+    masker.norm.load_state_dict(generator.input_norm.state_dict())
+    masker.bottleneck.weight.data.copy_(generator.input_conv.weight[..., 0])
+    masker.bottleneck.bias.data.copy_(generator.input_conv.bias)
+    ours = [block for stack in masker.convs for block in stack]
+    for block, theirs in zip(ours, generator.conv_layers, strict=True):
+        layers = theirs.conv_layers
+        block.expand.load_state_dict(torch.nn.Sequential(*layers[:3]).state_dict())
+        block.depthwise.load_state_dict(torch.nn.Sequential(*layers[3:]).state_dict())
+        assert (block.residual is None) == (theirs.res_out is None)
+        if block.residual is not None:
+            block.residual.load_state_dict(theirs.res_out.state_dict())
+        block.skip.load_state_dict(theirs.skip_out.state_dict())
+    masker.out[0].load_state_dict(generator.output_prelu.state_dict())
+    masker.out[1].weight.data.copy_(generator.output_conv.weight[..., 0])
+    masker.out[1].bias.data.copy_(generator.output_conv.bias)
+
+
+def test_tcn_masker_without_mixer_is_torchaudio_convtasnet_mask_generator():
+    from torchaudio.models.conv_tasnet import MaskGenerator
+
+    from omniseq.backbones.separators import TCNMasker
+
+    torch.manual_seed(0)
+    generator = MaskGenerator(24, 2, kernel_size=3, num_feats=8, num_hidden=16, num_layers=3, num_stacks=2,
+                              msk_activate="sigmoid").double()
+    masker = TCNMasker(24, dim=8, hidden=16, layers=3, stacks=2, mixer=None).double()
+    for module in generator.modules():  # PReLU slopes and norms start at constants; randomise them
+        if isinstance(module, (torch.nn.PReLU, torch.nn.GroupNorm)):
+            for param in module.parameters():
+                param.data.uniform_(-0.5, 1.5)
+    _load_torchaudio_mask_generator(masker, generator)
+    masker.norm.eps = generator.input_norm.eps
+    feats = torch.randn(3, 57, 24, dtype=torch.float64)
+    expected = generator(feats.transpose(1, 2)).transpose(2, 3)  # (B, S, L, N)
+    torch.testing.assert_close(masker(feats), expected, rtol=1e-10, atol=1e-12)
+    assert sum(p.numel() for p in masker.parameters()) == sum(p.numel() for p in generator.parameters())
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "attention", "s4d"])
+def test_tcn_masker_mixer_blocks_sit_in_front_of_each_stack(mixer):
+    """With every mixer block's residual branches zeroed, the hybrid is the plain TCN;
+    otherwise the mixer changes the masks and receives gradients."""
+    from omniseq.backbones.separators import TCNMasker
+
+    torch.manual_seed(0)
+    hybrid = TCNMasker(16, dim=8, hidden=16, layers=2, stacks=2, mixer=mixer, num_heads=2).double()
+    plain = TCNMasker(16, dim=8, hidden=16, layers=2, stacks=2, mixer=None).double()
+    assert len(hybrid.mixers) == 2 and all(len(stack) == 1 for stack in hybrid.mixers)
+    plain.load_state_dict(hybrid.state_dict(), strict=False)
+    feats = torch.randn(2, 40, 16, dtype=torch.float64)
+    hybrid(feats).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hybrid.mixers.parameters())
+    assert not torch.allclose(hybrid(feats), plain(feats))
+    for block in (b for stack in hybrid.mixers for b in stack):
+        for branch in (block.mixer, block.mlp):
+            branch.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+    torch.testing.assert_close(hybrid(feats), plain(feats), rtol=1e-12, atol=1e-12)
+
+
+def test_tcn_separator_end_to_end_and_bad_options():
+    torch.manual_seed(0)
+    model = MaskSeparator(channels=16, masker="tcn", encoder_activation="none",
+                          masker_options=dict(dim=8, hidden=16, layers=2, stacks=1, mixer="mamba"))
+    assert model(torch.randn(2, 777)).shape == (2, 2, 777)
+    from omniseq.backbones.separators import TCNMasker
+
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        TCNMasker(16, kernel_size=4)
