@@ -310,6 +310,9 @@ class TCNMasker(_FrameMasker):
     dilations 1, 2, 4, ...; the masks come from the sum of the conv blocks' skip outputs.
     The conv blocks see a few hundred milliseconds; the mixer gives every stack the whole
     recording (speaker identity, long pauses). ``mixer=None`` leaves the plain TCN.
+    ``mixer_pool > 1`` runs the mixer blocks on frames averaged in groups of that size
+    and adds their update back at full rate: context needs no fine time resolution,
+    and it divides the mixers' cost by that factor (attention's by its square).
     """
 
     def __init__(
@@ -324,16 +327,19 @@ class TCNMasker(_FrameMasker):
         mixer: str | None = "mamba",
         mixer_options: dict | None = None,
         mixer_depth: int = 1,
+        mixer_pool: int = 1,
         num_heads: int | None = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         mask_activation: Literal["relu", "sigmoid"] = "sigmoid",
     ) -> None:
         super().__init__()
-        if kernel_size % 2 == 0 or layers < 1 or stacks < 1:
+        if kernel_size % 2 == 0 or min(layers, stacks, mixer_pool) < 1:
             raise ValueError(
-                f"TCNMasker: kernel_size must be odd and layers, stacks >= 1, got {kernel_size}, {layers}, {stacks}"
+                f"TCNMasker: kernel_size must be odd and layers, stacks, mixer_pool >= 1, "
+                f"got {kernel_size}, {layers}, {stacks}, {mixer_pool}"
             )
+        self.mixer_pool = mixer_pool
         self._build_input(channels, num_sources, dim)
         options = dict(mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio, drop=dropout)
         if mixer in ("attention", "gla"):
@@ -351,13 +357,24 @@ class TCNMasker(_FrameMasker):
         )
         self._build_output(channels, num_sources, dim, mask_activation)
 
+    def _mix(self, mixers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if len(mixers) == 0 or self.mixer_pool == 1:
+            return mixers(x)
+        length, pool = x.shape[1], self.mixer_pool
+        # ceil_mode averages a short last group over the frames it has.
+        pooled = F.avg_pool1d(x.transpose(1, 2), pool, ceil_mode=True).transpose(1, 2)
+        update = mixers(pooled) - pooled
+        return x + update.repeat_interleave(pool, dim=1)[:, :length]
+
     def _frames(self, x: torch.Tensor) -> torch.Tensor:
-        skips = torch.zeros_like(x).transpose(1, 2)
+        # The conv blocks run channels-first on contiguous tensors (a transposed view costs
+        # each convolution a copy); the mixer blocks take (B, L, dim).
+        skips = None
         for mixers, convs in zip(self.mixers, self.convs, strict=True):
-            x = mixers(x).transpose(1, 2)
+            x = self._mix(mixers, x).transpose(1, 2).contiguous()
             for block in convs:
                 x, skip = block(x)
-                skips = skips + skip
+                skips = skip if skips is None else skips + skip
             x = x.transpose(1, 2)
         return skips.transpose(1, 2)
 

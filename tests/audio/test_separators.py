@@ -199,3 +199,19 @@ def test_tcn_separator_end_to_end_and_bad_options():
 
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         TCNMasker(16, kernel_size=4)
+
+
+def test_tcn_masker_pooled_mixer_on_frames_constant_within_groups():
+    """For frames constant within each group of ``mixer_pool`` (the last group short),
+    pooling is exact, so the pooled path is the mixer blocks on the groups, repeated."""
+    from omniseq.backbones.separators import TCNMasker
+
+    torch.manual_seed(0)
+    masker = TCNMasker(16, dim=8, hidden=16, layers=1, stacks=1, mixer="mamba", mixer_pool=4).double()
+    groups = torch.randn(2, 11, 8, dtype=torch.float64)
+    frames = groups.repeat_interleave(4, dim=1)[:, :42]
+    expected = masker.mixers[0](groups).repeat_interleave(4, dim=1)[:, :42]
+    torch.testing.assert_close(masker._mix(masker.mixers[0], frames), expected, rtol=1e-10, atol=1e-12)
+    assert masker(torch.randn(2, 42, 16, dtype=torch.float64)).shape == (2, 2, 42, 16)
+    with pytest.raises(ValueError, match="mixer_pool >= 1"):
+        TCNMasker(16, mixer_pool=0)
