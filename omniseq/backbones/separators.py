@@ -143,6 +143,16 @@ class _FrameMasker(nn.Module):
         self.norm = nn.GroupNorm(1, channels)
         self.bottleneck = nn.Linear(channels, dim)
 
+    @staticmethod
+    def _block_options(
+        mixer: str | None, mixer_options: dict | None, mlp_ratio: float, dropout: float, num_heads: int | None
+    ) -> dict:
+        """Keyword options of the masker's ``Block``s (heads only for the mixers that have them)."""
+        options = dict(mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio, drop=dropout)
+        if mixer in ("attention", "gla"):
+            options["num_heads"] = num_heads
+        return options
+
     def _build_output(self, channels: int, num_sources: int, dim: int, mask_activation: str) -> None:
         self.out = nn.Sequential(nn.PReLU(), nn.Linear(dim, num_sources * channels))
         self.mask_activation = nn.ReLU() if mask_activation == "relu" else nn.Sigmoid()
@@ -190,9 +200,7 @@ class DualPathMasker(_FrameMasker):
         self.chunk_size = chunk_size
         self.positional = (mixer == "attention") if positional is None else positional
         self._build_input(channels, num_sources, dim)
-        options = dict(mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio, drop=dropout)
-        if mixer in ("attention", "gla"):
-            options["num_heads"] = num_heads
+        options = self._block_options(mixer, mixer_options, mlp_ratio, dropout, num_heads)
 
         def stack() -> nn.Sequential:
             return nn.Sequential(*(Block(dim, **options) for _ in range(depth)))
@@ -263,9 +271,8 @@ class SinglePathMasker(_FrameMasker):
             raise ValueError(f"SinglePathMasker: depth must be >= 1, got {depth}")
         self._build_input(channels, num_sources, dim)
         per_block = block_mixer_options or [{}]
-        options = dict(mixer=mixer, mlp_ratio=mlp_ratio, drop=dropout)
-        if mixer in ("attention", "gla"):
-            options["num_heads"] = num_heads
+        options = self._block_options(mixer, None, mlp_ratio, dropout, num_heads)
+        options.pop("mixer_options")
         self.blocks = nn.Sequential(*(
             Block(dim, mixer_options={**(mixer_options or {}), **per_block[i % len(per_block)]}, **options)
             for i in range(depth)
@@ -341,9 +348,7 @@ class TCNMasker(_FrameMasker):
             )
         self.mixer_pool = mixer_pool
         self._build_input(channels, num_sources, dim)
-        options = dict(mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio, drop=dropout)
-        if mixer in ("attention", "gla"):
-            options["num_heads"] = num_heads
+        options = self._block_options(mixer, mixer_options, mlp_ratio, dropout, num_heads)
         self.mixers = nn.ModuleList(
             nn.Sequential(*(Block(dim, **options) for _ in range(mixer_depth if mixer else 0)))
             for _ in range(stacks)
