@@ -40,6 +40,7 @@ def test_demo_recipe_fits_tests_and_reloads(tmp_path):
     "separation/fsdd_dualpath_attention", "separation/fsdd_dualpath_mamba", "separation/fsdd_dualpath_gla",
     "separation/fsdd_dualpath_s5", "separation/fsdd_dualpath_s4d", "separation/fsdd_sashimi", "separation/fsdd_convtasnet",
     "separation/fsdd_noisy_dualpath_attention", "separation/fsdd_dualpath_fsmn",
+    "separation/fsdd_tcn_attention", "separation/fsdd_tcn_mamba",
 ])
 def test_recipes_parse_and_build(recipe):
     cli = build_cli(["--config", resolve_config(recipe)], run=False)
