@@ -225,7 +225,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None, help="cap on pretraining steps")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="cap on fine-tuning epochs")
     parser.add_argument("--full", action="store_true",
-                        help="the protocol: full train/dev sets, 4000 pretraining steps, 3 fine-tuning epochs, no time cap")
+                        help="the protocol: full train/dev sets, 4000 pretraining steps, 3 fine-tuning epochs, no time cap "
+                             "(--pretrain-steps/--finetune-epochs beside it override those counts)")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--memory-length", type=int, default=32768)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (Triton kernels on a GPU)")
@@ -233,7 +234,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.full:
         args.pretrain_minutes = args.finetune_minutes = None
-        args.pretrain_steps, args.finetune_epochs, args.eval_every = 4000, 3, 250
+        # Step and epoch counts given beside --full override the protocol's (stated in the output).
+        args.pretrain_steps, args.finetune_epochs = args.pretrain_steps or 4000, args.finetune_epochs or 3
+        args.eval_every = 250
         args.max_train_samples = args.max_dev_samples = None
     torch.manual_seed(args.seed)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "memory": measure_memory(args.memory_length)}

@@ -25,6 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_RECIPES = [
+    "separation/fsdd_tcn_attention",
+    "separation/fsdd_tcn_mamba",
     "separation/fsdd_dualpath_fsmn",
     "separation/fsdd_dualpath_attention",
     "separation/fsdd_sashimi",
