@@ -5,8 +5,10 @@ conv encoder/decoder, masks in the encoded space); Luo et al. 2020, DPRNN,
 https://arxiv.org/abs/1910.06379 (dual-path: intra-chunk then inter-chunk
 modelling); Subakan et al. 2021, SepFormer, https://arxiv.org/abs/2010.13154
 (dual-path with attention). Here the dual-path blocks take any registered
-mixer (``attention``, ``mamba``, ``gla``, ``s5``, ``s4d``), and a SaShiMi
-U-Net can be the masker instead.
+mixer (``attention``, ``mamba``, ``gla``, ``s5``, ``s4d``, ``fsmn``); a SaShiMi
+U-Net can be the masker instead, or Conv-TasNet's own temporal conv network with a
+block of any mixer in front of each stack (``TCNMasker``), which gives the conv
+blocks' 0.25 s reach whole-mixture context.
 
 The front ends live here rather than in ``omniseq.domains.audio`` because the
 separator composes them and backbones may not import domains; the audio domain
