@@ -7,8 +7,8 @@ modelling); Subakan et al. 2021, SepFormer, https://arxiv.org/abs/2010.13154
 (dual-path with attention). Here the dual-path blocks take any registered
 mixer (``attention``, ``mamba``, ``gla``, ``s5``, ``s4d``, ``fsmn``); a SaShiMi
 U-Net can be the masker instead, or Conv-TasNet's own temporal conv network with a
-block of any mixer in front of each stack (``TCNMasker``), which gives the conv
-blocks' 0.25 s reach whole-mixture context.
+block of any mixer in front of each stack (``TCNMasker``): the conv blocks reach
+about 0.25 s at 8 kHz, and the mixer adds whole-mixture context.
 
 The front ends live here rather than in ``omniseq.domains.audio`` because the
 separator composes them and backbones may not import domains; the audio domain
