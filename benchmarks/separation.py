@@ -34,19 +34,21 @@ DEFAULT_RECIPES = [
 ]
 
 
-def budget_args(minutes: float, clock: str) -> list[str]:
+def budget_args(minutes: float, clock: str, anneal_fraction: float) -> list[str]:
     if clock == "wall":
         return ["--trainer.max_time", f"00:00:{int(minutes):02d}:{int(round((minutes % 1) * 60)):02d}"]
-    callback = {"class_path": "omniseq.recipes.callbacks.CPUTimeBudget", "init_args": {"minutes": minutes}}
+    callback = {"class_path": "omniseq.recipes.callbacks.CPUTimeBudget",
+                "init_args": {"minutes": minutes, "anneal_fraction": anneal_fraction}}
     return ["--trainer.max_time", "null", f"--trainer.callbacks+={json.dumps(callback)}"]
 
 
-def run_recipe(recipe: str, minutes: float, root: Path, threads: int, clock: str, extra: list[str]) -> dict:
+def run_recipe(recipe: str, minutes: float, root: Path, threads: int, clock: str, anneal_fraction: float,
+               extra: list[str]) -> dict:
     name = recipe.split("/")[-1]
     out = root / name
     cmd = [
         sys.executable, "-m", "omniseq.recipes.cli", "fit", "--config", recipe,
-        *budget_args(minutes, clock), "--trainer.default_root_dir", str(out),
+        *budget_args(minutes, clock, anneal_fraction), "--trainer.default_root_dir", str(out),
         "--trainer.enable_progress_bar", "false", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -70,6 +72,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="budget CPU time of the training process (fair on a shared machine) or wall time")
+    parser.add_argument("--anneal-fraction", type=float, default=0.5,
+                        help="decay the learning rate linearly to 1%% over this last part of a CPU budget")
     parser.add_argument("--root", default="runs/benchmarks/separation")
     parser.add_argument("extra", nargs="*", help="extra CLI overrides passed to every recipe (after --)")
     args = parser.parse_args()
@@ -78,7 +82,8 @@ def main() -> None:
     print(f"budget {args.budget_minutes} {args.clock} min per recipe, {args.threads} thread(s), torch {torch.__version__}", flush=True)
     rows = []
     for recipe in args.recipes:
-        row = run_recipe(recipe, args.budget_minutes, Path(args.root), args.threads, args.clock, args.extra)
+        row = run_recipe(recipe, args.budget_minutes, Path(args.root), args.threads, args.clock,
+                         args.anneal_fraction, args.extra)
         rows.append(row)
         print(f"{recipe:45s} SI-SNRi {row['si_snri']:6.2f} dB  SDRi {row['sdri']:6.2f} dB  "
               f"({row['train_steps']} steps, {row['wall_s']} s incl. test)", flush=True)

@@ -46,14 +46,28 @@ class CPUTimeBudget(L.Callback):
     training process (all its threads, validation included) is the same
     budget whatever else runs. The time used is checkpointed, so a resumed fit
     spends only what is left.
+
+    ``anneal_fraction`` > 0 decays every learning rate linearly to
+    ``final_lr_factor`` of its value over that last fraction of the budget.
+    A fixed budget rewards ending on a decayed rate (Li et al., "Budgeted
+    Training", ICLR 2020, https://arxiv.org/abs/1905.04753); the step count is
+    not known in advance, so the decay follows the budget spent. The factor is
+    applied multiplicatively, so it composes with a plateau scheduler.
     """
 
-    def __init__(self, minutes: float) -> None:
+    def __init__(self, minutes: float, anneal_fraction: float = 0.0, final_lr_factor: float = 0.01) -> None:
         if minutes <= 0:
             raise ValueError(f"CPUTimeBudget: minutes must be positive, got {minutes}")
+        if not 0.0 <= anneal_fraction <= 1.0:
+            raise ValueError(f"CPUTimeBudget: anneal_fraction must be in [0, 1], got {anneal_fraction}")
+        if not 0.0 < final_lr_factor <= 1.0:
+            raise ValueError(f"CPUTimeBudget: final_lr_factor must be in (0, 1], got {final_lr_factor}")
         self.seconds = 60.0 * minutes
+        self.anneal_fraction = anneal_fraction
+        self.final_lr_factor = final_lr_factor
         self._spent_before = 0.0
         self._start: float | None = None
+        self._lr_factor = 1.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.process_time()
@@ -62,12 +76,31 @@ class CPUTimeBudget(L.Callback):
         current = 0.0 if self._start is None else time.process_time() - self._start
         return self._spent_before + current
 
+    def lr_factor(self, used_seconds: float) -> float:
+        """The learning-rate multiplier after ``used_seconds`` of the budget."""
+        anneal_start = (1.0 - self.anneal_fraction) * self.seconds
+        if self.anneal_fraction == 0.0 or used_seconds <= anneal_start:
+            return 1.0
+        progress = min(1.0, (used_seconds - anneal_start) / (self.seconds - anneal_start))
+        return 1.0 - progress * (1.0 - self.final_lr_factor)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        factor = self.lr_factor(self.used_seconds())
+        if factor == self._lr_factor:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= factor / self._lr_factor
+        self._lr_factor = factor
+
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if self.used_seconds() >= self.seconds:
             trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"used_seconds": self.used_seconds()}
+        return {"used_seconds": self.used_seconds(), "lr_factor": self._lr_factor}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._spent_before = float(state_dict["used_seconds"])
+        # The optimizer's restored rates already carry this factor.
+        self._lr_factor = float(state_dict.get("lr_factor", 1.0))
