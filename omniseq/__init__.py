@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-from omniseq.backbones import hierarchical as _hierarchical, vit as _vit  # noqa: E402,F401  registers the vision models in timm
+# Importing these registers the vision models in timm.
+from omniseq.backbones import hierarchical as _hierarchical  # noqa: E402,F401
+from omniseq.backbones import vit as _vit  # noqa: E402,F401

@@ -17,7 +17,7 @@ _EXPORTS = {
     "DNAEncoder": "omniseq.api.dna_encoder",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["DNAEncoder", "Forecaster", "Segmenter", "Separator"]
 
 if TYPE_CHECKING:
     from omniseq.api.dna_encoder import DNAEncoder
