@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from omniseq.api.separator import Separator
+from omniseq.recipes.callbacks import CPUTimeBudget
 from omniseq.recipes.cli import build_cli, resolve_config
 from omniseq.recipes.separation import SeparationTask
 
@@ -47,5 +52,28 @@ def test_recipes_parse_and_build(recipe):
     model = cli.model
     assert isinstance(model, SeparationTask)
     assert model(torch.randn(1, 800)).shape == (1, 2, 800)
+    budgets = [c for c in cli.trainer.callbacks if isinstance(c, CPUTimeBudget)]
+    assert len(budgets) == 1 and budgets[0].seconds == 30 * 60 and budgets[0].anneal_fraction == 0.5
+    assert cli.trainer.fit_loop.max_epochs == 200
+
+
+def _separation_benchmark():
+    path = Path(__file__).parents[2] / "benchmarks" / "separation.py"
+    spec = importlib.util.spec_from_file_location("separation_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("clock", ["cpu", "wall"])
+def test_benchmark_replaces_the_recipe_budget(tmp_path, clock):
+    config = _separation_benchmark().protocol_config("separation/fsdd_tcn_mamba", 2.5, clock, 0.25, tmp_path)
+    cli = build_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)], run=False)
+    budgets = [c for c in cli.trainer.callbacks if isinstance(c, CPUTimeBudget)]
+    if clock == "cpu":
+        assert len(budgets) == 1 and budgets[0].seconds == 150 and budgets[0].anneal_fraction == 0.25
+    else:
+        timers = [c for c in cli.trainer.callbacks if isinstance(c, Timer)]
+        assert budgets == [] and len(timers) == 1 and timers[0]._duration == 150
 
 
