@@ -14,7 +14,6 @@ them and ``"truncate"`` keeps the first window.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,9 +23,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from omniseq._files import UnsafeFileError
 from omniseq.api._saved import load_payload, save_payload
 from omniseq.backbones.dna import DNAModel
 from omniseq.domains.genomics import NucleotideTokenizer, read_fasta
+from omniseq.recipes.catalogue import registered_class, registered_name
 from omniseq.recipes.checkpoints import read_checkpoint
 from omniseq.recipes.genomics import DNAPretrainTask, SequenceClassificationTask
 
@@ -35,13 +36,14 @@ __all__ = ["DNAEncoder"]
 SequencesLike = str | Path | Sequence[str]
 
 
-def _qualified(obj: object) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _build(path: str, config: dict) -> nn.Module:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**config)
+def _build(name: str, config: dict, path: str | Path) -> nn.Module:
+    """The backbone registered as ``name`` (files of earlier versions give its class path)."""
+    cls = registered_class(name)
+    if cls is None:
+        raise UnsafeFileError(
+            f"DNAEncoder file {path} asks to build {name!r}, which is not a registered omniseq backbone "
+            "(`omniseq list`); omniseq builds only its own classes from a file")
+    return cls(**config)
 
 
 class DNAEncoder:
@@ -91,8 +93,11 @@ class DNAEncoder:
         """One file: backbone and head classes, configs and weights, and the tokenizer settings."""
         if not hasattr(self.backbone, "config"):
             raise ValueError("save needs a backbone with a .config dict (DNAModel, DNACNN)")
+        name = registered_name(type(self.backbone))
+        if name is None:
+            raise ValueError(f"save needs a registered backbone (`omniseq list`), got {type(self.backbone).__name__}")
         payload = {
-            "backbone_class": _qualified(self.backbone), "backbone_config": self.backbone.config,
+            "backbone": name, "backbone_config": self.backbone.config,
             "backbone_state": self.backbone.state_dict(), "tokenizer": self.tokenizer.config(),
             "head_state": None if self.head is None else self.head.state_dict(),
             "head_shape": None if self.head is None else self._head_shape(),
@@ -101,9 +106,11 @@ class DNAEncoder:
 
     @classmethod
     def load(cls, path: str | Path) -> DNAEncoder:
-        keys = ("backbone_class", "backbone_config", "backbone_state", "tokenizer", "head_state")
-        payload = load_payload(path, "DNAEncoder", keys, weights_only=False, has_from_checkpoint=True)
-        backbone = _build(payload["backbone_class"], payload["backbone_config"])
+        keys = ("backbone_config", "backbone_state", "tokenizer", "head_state")
+        payload = load_payload(path, "DNAEncoder", keys, has_from_checkpoint=True)
+        # "backbone_class" (a class path) in files of earlier versions: looked up, never imported.
+        name = payload.get("backbone", payload.get("backbone_class"))
+        backbone = _build(name, payload["backbone_config"], path)
         backbone.load_state_dict(payload["backbone_state"])
         head = None
         if payload["head_state"] is not None:

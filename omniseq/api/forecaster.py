@@ -29,6 +29,7 @@ from omniseq.backbones.tsmixer import TSMixer
 from omniseq.data.forecasting import ForecastingDataModule
 from omniseq.data.series_io import pandas_freq
 from omniseq.domains.timeseries.time_features import time_features
+from omniseq.recipes.checkpoints import AtomicCheckpointIO, read_checkpoint
 from omniseq.recipes.forecasting import ForecastingTask
 
 __all__ = ["Forecaster"]
@@ -121,10 +122,11 @@ class Forecaster:
             early = EarlyStopping(monitor="val/loss", mode="min", patience=self.config["patience"])
             # The user's callbacks run beside the two this method relies on, not instead of them.
             callbacks = [best, early, *(options.pop("callbacks", None) or [])]
+            options.setdefault("plugins", [AtomicCheckpointIO()])  # the best checkpoint is written atomically
             trainer = L.Trainer(callbacks=callbacks, **options)
             trainer.fit(self.task, datamodule=dm)
             if best.best_model_path:
-                state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+                state = read_checkpoint(best.best_model_path)["state_dict"]
                 self.task.load_state_dict(state)
         self.task.cpu().eval()  # predict/evaluate/plot run on CPU tensors
         self.datamodule = dm
@@ -271,7 +273,7 @@ class Forecaster:
 
     @classmethod
     def load(cls, path: str | Path) -> Forecaster:
-        saved = load_payload(path, "Forecaster", ("config", "meta", "state_dict"), weights_only=False)
+        saved = load_payload(path, "Forecaster", ("config", "meta", "state_dict"))
         forecaster = cls(**saved["config"])
         forecaster._meta = saved["meta"]
         backbone = forecaster._backbone(saved["meta"]["num_channels"], saved["meta"]["num_time_features"])

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from omniseq._files import atomic_path
-from omniseq.api._saved import load_payload, save_payload
+from omniseq.api._saved import load_module, load_payload, module_spec, save_payload
 from omniseq.domains.audio.chunked import separate_chunked, separate_stream
 from omniseq.domains.audio.io import check_complete, load_audio, resample, to_mono, write_audio
+from omniseq.recipes.checkpoints import read_checkpoint
 
 __all__ = ["Separator"]
 
@@ -60,7 +61,7 @@ class Separator:
             raise FileNotFoundError(f"{path}: no such checkpoint file")
         task = SeparationTask.load_from_checkpoint(str(path), map_location="cpu")
         if sample_rate is None:
-            saved = torch.load(str(path), map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
+            saved = read_checkpoint(path).get("datamodule_hyper_parameters", {})
             sample_rate = int(saved.get("sample_rate", 8000))
         return cls(task.backbone, sample_rate, **options)
 
@@ -79,12 +80,17 @@ class Separator:
         return self
 
     def save(self, path: str | Path) -> None:
-        payload = {"model": self.model, "sample_rate": self.sample_rate, "chunk": self.chunk, "overlap": self.overlap}
+        """One file of data: the model's registered name, settings and weights, and the chunking."""
+        payload = {"model": module_spec(self.model, "Separator"), "sample_rate": self.sample_rate,
+                   "chunk": self.chunk, "overlap": self.overlap}
         save_payload(payload, path, "Separator")
 
     @classmethod
-    def load(cls, path: str | Path) -> Separator:
-        state = load_payload(path, "Separator", ("model", "sample_rate", "chunk", "overlap"), weights_only=False, has_from_checkpoint=True)
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Separator:
+        """Read a ``Separator.save`` file; ``model``: the module to load weights into, for a file
+        converted from an earlier version that did not record the model's settings."""
+        state = load_payload(path, "Separator", ("model", "sample_rate", "chunk", "overlap"), has_from_checkpoint=True)
+        state["model"] = load_module(state["model"], path, "Separator", model)
         sep = cls(state["model"], state["sample_rate"])
         sep.chunk, sep.overlap = state["chunk"], state["overlap"]
         return sep

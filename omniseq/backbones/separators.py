@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omniseq.backbones.blocks import Block
+from omniseq.backbones.config import records_config
 from omniseq.backbones.sashimi import SaShiMi
 
 __all__ = [
@@ -414,6 +415,7 @@ class SaShiMiMasker(_FrameMasker):
         return self.sashimi(x)
 
 
+@records_config
 class MaskSeparator(nn.Module):
     """Waveform separator ``(B, T) -> (B, num_sources, T)``: encode, mask, decode.
 
@@ -474,6 +476,7 @@ class MaskSeparator(nn.Module):
         return out.reshape(B, S, -1)
 
 
+@records_config
 class TorchaudioConvTasNet(nn.Module):
     """torchaudio's ConvTasNet behind the separator interface ``(B, T) -> (B, S, T)``.
 

@@ -1,8 +1,14 @@
-"""Names of the backbones a recipe can use, for ``omniseq list``."""
+"""The registries of omniseq's classes: backbones, tasks and data modules by name.
+
+``omniseq list`` prints them, and every class rebuilt from a file (a checkpoint's
+hyper-parameters, a saved ``DNAEncoder``) comes from here by registered name or class
+path, never from an import of a path read from the file.
+"""
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 BACKBONES = {
     "itransformer": "omniseq.backbones.itransformer.ITransformer",
@@ -28,6 +34,67 @@ BACKBONES = {
     },
     "tsmixer": "omniseq.backbones.tsmixer.TSMixer",
 }
+
+
+TASKS = {
+    "forecasting": "omniseq.recipes.forecasting.ForecastingTask",
+    "spatiotemporal": "omniseq.recipes.spatiotemporal.SpatiotemporalTask",
+    "segmentation": "omniseq.recipes.segmentation.SegmentationTask",
+    "separation": "omniseq.recipes.separation.SeparationTask",
+    "dna_pretrain": "omniseq.recipes.genomics.DNAPretrainTask",
+    "sequence_classification": "omniseq.recipes.genomics.SequenceClassificationTask",
+}
+
+DATAMODULES = {
+    "forecasting_data": "omniseq.data.forecasting.ForecastingDataModule",
+    "gridded_data": "omniseq.data.gridded.GriddedDataModule",
+    "segmentation_data": "omniseq.data.segmentation.SegmentationDataModule",
+    "separation_data": "omniseq.data.separation.SeparationDataModule",
+    "genome_pretrain_data": "omniseq.data.genomics.GenomePretrainDataModule",
+    "sequence_classification_data": "omniseq.data.genomics.SequenceClassificationDataModule",
+}
+
+
+def registered_classes() -> dict[str, str]:
+    """Registered name -> class path of every backbone, task and data module."""
+    backbones = {name: path for name, path in BACKBONES.items() if "(" not in path}
+    return {**backbones, **TASKS, **DATAMODULES}
+
+
+def registered_class(name_or_path: str) -> type | None:
+    """The registered class of a name (``"dna"``) or class path; None for anything else.
+
+    Only the modules of the tables above are ever imported. A class path outside them is
+    accepted only when it names an omniseq module, data module or task class whose module
+    is already imported (a class a helper added, which the user's own config imported).
+    """
+    if not isinstance(name_or_path, str):
+        return None
+    table = registered_classes()
+    path = table.get(name_or_path) or (name_or_path if name_or_path in table.values() else None)
+    if path is None:
+        return _imported_omniseq_class(name_or_path)
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def registered_name(cls: type) -> str | None:
+    """The registered name of ``cls`` (None when it is not registered)."""
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    return next((name for name, found in registered_classes().items() if found == path), None)
+
+
+def _imported_omniseq_class(path: str) -> type | None:
+    module, _, name = path.rpartition(".")
+    if not module.startswith("omniseq.") or module not in sys.modules:
+        return None
+    import lightning as L
+    from torch import nn
+
+    found = getattr(sys.modules[module], name, None)
+    if not isinstance(found, type) or not found.__module__.startswith("omniseq."):
+        return None
+    return found if issubclass(found, (nn.Module, L.LightningDataModule)) else None
 
 
 # Each domain's data module registers its datasets when imported.

@@ -4,6 +4,7 @@
     omniseq fit --config my.yaml --model.backbone.mixer gla --trainer.max_epochs 5
     omniseq test --config ... --ckpt_path best
     omniseq list
+    omniseq convert OLD NEW     (a file of an earlier omniseq version; only files you trust)
 
 Scaling out is Lightning's (``--trainer.strategy ddp --trainer.devices 8
 --trainer.num_nodes 2``); ``fsdp_blocks`` and ``fsdp_blocks_checkpointed`` name
@@ -106,11 +107,31 @@ class OmniseqCLI(LightningCLI):
         self.trainer.test(model, datamodule=self.datamodule)
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI swaps in the checkpoint's model silently; refuse another task's checkpoint first.
-        from omniseq.recipes.checkpoints import check_checkpoint_matches_config
+        # LightningCLI rebuilds the model from the class paths in the checkpoint: read it as
+        # data, refuse classes omniseq does not register, and another task's checkpoint.
+        from omniseq.recipes.checkpoints import check_checkpoint_matches_config, checked_ckpt_path
 
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") not in (None, "last", "best", "hpc"):
+            section = self.config[subcommand]
+            section["ckpt_path"] = checked_ckpt_path(section["ckpt_path"], section.as_dict())
         check_checkpoint_matches_config(self.config)
         super()._parse_ckpt_path()
+
+    def instantiate_trainer(self, **kwargs):
+        from omniseq.recipes.checkpoints import use_atomic_checkpoints
+
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)  # no lost last.ckpt when a run is killed mid-write
+        return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        from omniseq.recipes.checkpoints import resolve_last_checkpoint
+
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":  # an unreadable last.ckpt falls back to the previous good one
+            kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer)
+        return kwargs
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
@@ -135,6 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["list"]:
         print_catalogue()
+        return
+    if argv[:1] == ["convert"]:
+        from omniseq.api._convert import main as convert
+
+        convert(argv[1:])
         return
     build_cli(resolve_config_args(argv))
 

@@ -17,6 +17,7 @@ from torchmetrics.classification import (
     MulticlassMatthewsCorrCoef,
 )
 
+from omniseq._files import load_file
 from omniseq.backbones.dna import rc_gather_index
 from omniseq.domains.genomics import NucleotideTokenizer, mask_tokens
 from omniseq.recipes.checkpoints import CheckpointOrigin
@@ -172,7 +173,9 @@ class DNAPretrainTask(CheckpointOrigin, L.LightningModule):
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     """Load backbone weights from a Lightning checkpoint (keys ``backbone.*``) or a
     plain state dict; returns the backbone keys that were not in the file."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_file(path, what="pretrained checkpoint")
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained checkpoint {path}: holds a {type(state).__name__}, not a state dict")
     state = state.get("state_dict", state)
     if any(key.startswith("backbone.") for key in state):
         state = {key.removeprefix("backbone."): v for key, v in state.items() if key.startswith("backbone.")}
