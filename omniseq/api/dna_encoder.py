@@ -55,6 +55,8 @@ class DNAEncoder:
             ``max_length`` 4096, tiling longer inputs).
         head: ``nn.Module`` mapping pooled embeddings to class logits, or None.
         batch_size: inference batch size.
+        classes: names of the head's classes, in the order of :meth:`predict`'s columns
+            (set by :meth:`fit` from string labels; None for integer classes).
     """
 
     def __init__(
@@ -63,7 +65,9 @@ class DNAEncoder:
         tokenizer: NucleotideTokenizer | None = None,
         head: nn.Module | None = None,
         batch_size: int = 64,
+        classes: Sequence[str] | None = None,
     ) -> None:
+        self.classes = None if classes is None else list(classes)
         self.backbone = backbone or DNAModel(dim=128, depth=4, mixer_options={"d_state": 8}, rc_mode="ps")
         self.tokenizer = tokenizer or NucleotideTokenizer(max_length=4096, overflow="tile")
         self.head = head
@@ -101,6 +105,7 @@ class DNAEncoder:
             "backbone_state": self.backbone.state_dict(), "tokenizer": self.tokenizer.config(),
             "head_state": None if self.head is None else self.head.state_dict(),
             "head_shape": None if self.head is None else self._head_shape(),
+            "classes": self.classes,
         }
         save_payload(payload, path, "DNAEncoder")
 
@@ -116,7 +121,7 @@ class DNAEncoder:
         if payload["head_state"] is not None:
             head = nn.Sequential(nn.Dropout(0.0), nn.Linear(*payload["head_shape"]))
             head.load_state_dict(payload["head_state"])
-        return cls(backbone, NucleotideTokenizer(**payload["tokenizer"]), head)
+        return cls(backbone, NucleotideTokenizer(**payload["tokenizer"]), head, classes=payload.get("classes"))
 
     def _head_shape(self) -> tuple[int, int]:
         linear = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
@@ -183,7 +188,8 @@ class DNAEncoder:
 
     @torch.no_grad()
     def predict(self, sequences: SequencesLike) -> np.ndarray:
-        """Class probabilities ``(N, num_classes)`` (tiles averaged by length)."""
+        """Class probabilities ``(N, num_classes)`` (tiles averaged by length); with string
+        labels in :meth:`fit`, column ``j`` is class ``self.classes[j]``."""
         if self.head is None:
             raise RuntimeError("predict needs a classification head: load a fine-tuned checkpoint or call fit()")
         self.head.eval()
@@ -199,14 +205,19 @@ class DNAEncoder:
         self, sequences: Sequence[str], labels: Sequence[int], epochs: int = 3, lr: float = 1e-3,
         batch_size: int = 32, freeze_backbone: bool = False, seed: int = 0,
     ) -> DNAEncoder:
-        """Train a classification head (and the backbone unless frozen) on labelled sequences."""
+        """Train a classification head (and the backbone unless frozen) on labelled sequences.
+
+        ``labels`` are integer class indices (0..C-1) or class names (strings): names are
+        sorted, numbered, and kept in ``self.classes`` (the order of :meth:`predict`'s columns).
+        """
         if len(sequences) != len(labels):
             raise ValueError(f"fit: {len(sequences)} sequences but {len(labels)} labels")
+        indices, self.classes = _class_indices(labels.tolist() if hasattr(labels, "tolist") else list(labels))
         L.seed_everything(seed, verbose=False)
         tokenizer = NucleotideTokenizer(self.tokenizer.mode, k=self.tokenizer.k,
                                         max_length=self.tokenizer.max_length, overflow="truncate")
         batch = tokenizer.batch_encode(list(sequences))
-        y = torch.as_tensor(list(labels), dtype=torch.long)
+        y = torch.as_tensor(indices, dtype=torch.long)
         num_classes = int(y.max()) + 1
         task = SequenceClassificationTask(self.backbone, num_classes=max(num_classes, 2), lr=lr,
                                           freeze_backbone=freeze_backbone, tokenizer_mode=tokenizer.mode,
@@ -219,6 +230,21 @@ class DNAEncoder:
         trainer.fit(task, loader)
         self.head = task.head
         return self
+
+
+def _class_indices(labels: list) -> tuple[list[int], list[str] | None]:
+    """Integer labels as they are; string labels numbered in sorted order (with the names)."""
+    if labels and all(isinstance(y, str) for y in labels):
+        classes = sorted(set(labels))
+        number = {name: i for i, name in enumerate(classes)}
+        return [number[y] for y in labels], classes
+    for index, y in enumerate(labels):
+        if isinstance(y, str) or not isinstance(y, (int, np.integer)) or isinstance(y, bool) or y < 0:
+            raise ValueError(
+                f"fit: label {y!r} at index {index} is not a class; pass non-negative integer class "
+                "indices or class names (all strings), not a mix"
+            )
+    return [int(y) for y in labels], None
 
 
 def _collate(rows: list[tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:

@@ -8,21 +8,26 @@ RefSeq GCF_000005845.2), ``ecoli_k12_gff`` and the GUE tasks as ``gue_<task>_<sp
 
 from __future__ import annotations
 
+import glob
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 
 from omniseq.data.loaders import ResumableDataModuleMixin
 from omniseq.data.registry import DatasetInfo, register_dataset, resolve_dataset
-from omniseq.domains.genomics import NucleotideTokenizer, iter_fasta, read_labeled
+from omniseq.domains.genomics import NucleotideTokenizer, iter_sequences, read_labeled
+from omniseq.domains.genomics.io import FASTA_SUFFIXES, FASTQ_SUFFIXES
 
 __all__ = [
     "GUE_TASKS",
     "GenomePretrainDataModule",
     "SequenceClassificationDataModule",
+    "genome_files",
     "gue_dataset_name",
     "synthetic_genome",
     "synthetic_labeled",
@@ -135,26 +140,82 @@ def synthetic_labeled(n: int, length: int = 80, seed: int = 0, motif: str = "TAT
 # -- pretraining on genome windows ---------------------------------------------
 
 
+def genome_files(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The sequence files named by ``source``: a file, a registered dataset name, a folder
+    (its FASTA/FASTQ files, gzipped or not, sorted by name), a glob pattern, or a list of these."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("path: an empty list of files")
+        return [file for item in source for file in genome_files(item)]
+    text = str(source)
+    candidate = Path(text).expanduser()
+    if candidate.is_dir():
+        files = sorted(f for f in candidate.iterdir() if f.is_file() and _is_sequence_file(f))
+        if not files:
+            raise FileNotFoundError(
+                f"{candidate}: the folder holds no FASTA/FASTQ file (names ending in "
+                f"{', '.join(SEQUENCE_SUFFIXES)}, optionally .gz)"
+            )
+        return files
+    if any(char in text for char in "*?[") and not candidate.exists():
+        files = sorted(Path(f) for f in glob.glob(str(candidate), recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"{text}: the pattern matches no file")
+        return files
+    return [resolve_dataset(text)]
+
+
+SEQUENCE_SUFFIXES = (*FASTA_SUFFIXES, *FASTQ_SUFFIXES)
+
+
+def _is_sequence_file(path: Path) -> bool:
+    return path.name.lower().removesuffix(".gz").endswith(SEQUENCE_SUFFIXES)
+
+
+def n_token_ids(tokenizer: NucleotideTokenizer) -> np.ndarray:
+    """Token ids that stand for an unknown base (N; k-mers holding one are [UNK])."""
+    if tokenizer.mode == "char":
+        return np.array([tokenizer.num_special + 4])
+    if tokenizer.mode == "kmer":
+        return np.array([tokenizer.unk_id])
+    return np.array([tokenizer.num_special + ord("N"), tokenizer.num_special + ord("n")])
+
+
 class GenomeWindows(Dataset):
     """Windows of ``seq_len`` tokens over token arrays (one per record).
 
     ``random=True``: item ``i`` starts at a position drawn from ``default_rng(seed + i)``,
-    chosen record-by-length; else consecutive non-overlapping windows (at most ``num_windows``,
-    evenly spread).
+    chosen record-by-usable-starts; else consecutive non-overlapping windows (at most
+    ``num_windows``, evenly spread). Windows holding more than ``max_n_fraction`` of
+    ``n_ids`` tokens (unknown bases) are never used. Segments shorter than ``seq_len``
+    are dropped; ``ValueError`` when none is left.
     """
 
-    def __init__(self, segments: list[np.ndarray], seq_len: int, num_windows: int, random: bool, seed: int = 0) -> None:
-        segments = [s for s in segments if len(s) >= seq_len]
-        if not segments:
-            raise ValueError(f"no sequence segment is at least seq_len={seq_len} tokens long")
-        self.segments, self.seq_len, self.random, self.seed = segments, seq_len, random, seed
+    def __init__(
+        self, segments: list[np.ndarray], seq_len: int, num_windows: int, random: bool, seed: int = 0,
+        n_ids: np.ndarray | None = None, max_n_fraction: float = 1.0,
+    ) -> None:
+        self.seq_len, self.random, self.seed = seq_len, random, seed
+        self.segments, self.usable, counts = [], [], []
+        self.too_short = sum(len(s) < seq_len for s in segments)
+        self.mostly_n_starts = 0
+        for segment in (s for s in segments if len(s) >= seq_len):
+            usable = _usable_starts(segment, seq_len, n_ids, max_n_fraction)
+            count = len(segment) - seq_len + 1 if usable is None else int(usable.sum())
+            self.mostly_n_starts += len(segment) - seq_len + 1 - count
+            if count:
+                self.segments.append(segment)
+                self.usable.append(usable)
+                counts.append(count)
+        if not self.segments:
+            raise ValueError("no window fits" if self.too_short == len(segments) else "every window is mostly N")
         if random:
             self.starts = None
-            self.weights = np.array([len(s) - seq_len + 1 for s in segments], dtype=np.float64)
-            self.weights /= self.weights.sum()
+            self.weights = np.array(counts, dtype=np.float64) / sum(counts)
             self.num_windows = num_windows
         else:
-            starts = [(j, p) for j, s in enumerate(segments) for p in range(0, len(s) - seq_len + 1, seq_len)]
+            starts = [(j, p) for j, (s, ok) in enumerate(zip(self.segments, self.usable, strict=True))
+                      for p in range(0, len(s) - seq_len + 1, seq_len) if ok is None or ok[p]]
             pick = np.linspace(0, len(starts) - 1, min(num_windows, len(starts))).round().astype(int)
             self.starts = [starts[i] for i in pick]
             self.num_windows = len(self.starts)
@@ -162,32 +223,55 @@ class GenomeWindows(Dataset):
     def __len__(self) -> int:
         return self.num_windows
 
+    def _draw(self, index: int) -> tuple[int, int]:
+        rng = np.random.default_rng(self.seed * 1_000_003 + index)
+        j = int(rng.choice(len(self.segments), p=self.weights))
+        usable, span = self.usable[j], len(self.segments[j]) - self.seq_len + 1
+        for _ in range(64):  # rejection: cheap unless the record is mostly N
+            start = int(rng.integers(0, span))
+            if usable is None or usable[start]:
+                return j, start
+        return j, int(np.flatnonzero(usable)[rng.integers(0, int(usable.sum()))])
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
-        if self.random:
-            rng = np.random.default_rng(self.seed * 1_000_003 + index)
-            j = int(rng.choice(len(self.segments), p=self.weights))
-            start = int(rng.integers(0, len(self.segments[j]) - self.seq_len + 1))
-        else:
-            j, start = self.starts[index]
+        j, start = self._draw(index) if self.random else self.starts[index]
         # "index" lets evaluation draw its MLM masks per window, the same on any batch size or process count.
         return {"input_ids": torch.from_numpy(self.segments[j][start : start + self.seq_len].copy()), "index": index}
 
 
-class GenomePretrainDataModule(ResumableDataModuleMixin):
-    """FASTA windows for masked or causal LM pretraining, with a held-out tail.
+def _usable_starts(segment: np.ndarray, seq_len: int, n_ids: np.ndarray | None, max_n_fraction: float):
+    """Boolean per window start (None: every start is usable)."""
+    if n_ids is None or max_n_fraction >= 1.0:
+        return None
+    is_n = np.isin(segment, n_ids)
+    if not is_n.any():
+        return None
+    cumulative = np.concatenate([[0], np.cumsum(is_n, dtype=np.int64)])
+    return (cumulative[seq_len:] - cumulative[:-seq_len]) <= max_n_fraction * seq_len
 
-    The last ``holdout_fraction`` of every record (E. coli: of the chromosome) is kept
-    out of training; validation and test read non-overlapping windows from it (the
-    held-out perplexity). Reverse-complement augmentation and masking happen in
-    :class:`omniseq.recipes.genomics.DNAPretrainTask`.
+
+class GenomePretrainDataModule(ResumableDataModuleMixin):
+    """FASTA/FASTQ windows for masked or causal LM pretraining, with a held-out part.
+
+    ``holdout="tail"``: the last ``holdout_fraction`` of every record (E. coli: of the
+    chromosome) is kept out of training. ``holdout="records"``: the last records (in
+    file order, ``holdout_fraction`` of all bases) are, which suits many short records
+    such as reads. Validation and test read non-overlapping windows from the held-out
+    part (the held-out perplexity). Records (or their parts) shorter than ``seq_len``
+    give no window and are counted in a warning; windows with more than
+    ``max_n_fraction`` unknown bases (N) are skipped. Reverse-complement augmentation
+    and masking happen in :class:`omniseq.recipes.genomics.DNAPretrainTask`.
 
     Args:
-        path: FASTA file (gzip or not), a registered name (``ecoli_k12``) or None for
-            the built-in synthetic genome (seeded Markov chain, ``synthetic_length`` bp).
+        path: a FASTA/FASTQ file (gzip or not), a folder of them, a glob pattern
+            (``"genomes/*.fa.gz"``), a list of any of these, a registered name
+            (``ecoli_k12``), or None for the built-in synthetic genome (seeded Markov
+            chain, ``synthetic_length`` bp).
         seq_len: window length in tokens.
-        holdout_fraction: tail of each record kept for validation.
+        holdout, holdout_fraction: what is kept for validation (see above).
+        max_n_fraction: skip windows with a larger fraction of N (1.0 keeps all).
         train_windows: random windows per training epoch.
         val_windows: most held-out windows evaluated.
         tokenizer_mode, k: tokenizer (``char``, ``kmer``, ``byte``).
@@ -198,9 +282,11 @@ class GenomePretrainDataModule(ResumableDataModuleMixin):
 
     def __init__(
         self,
-        path: str | None = None,
+        path: str | list[str] | None = None,
         seq_len: int = 1024,
         holdout_fraction: float = 0.1,
+        holdout: Literal["tail", "records"] = "tail",
+        max_n_fraction: float = 0.5,
         train_windows: int = 4096,
         val_windows: int = 256,
         tokenizer_mode: Literal["char", "kmer", "byte"] = "char",
@@ -213,38 +299,88 @@ class GenomePretrainDataModule(ResumableDataModuleMixin):
         super().__init__()
         if not 0.0 < holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+        if holdout not in ("tail", "records"):
+            raise ValueError(f"holdout must be 'tail' or 'records', got {holdout!r}")
+        if not 0.0 <= max_n_fraction <= 1.0:
+            raise ValueError(f"max_n_fraction must be in [0, 1], got {max_n_fraction}")
         for name, value in (("seq_len", seq_len), ("train_windows", train_windows), ("batch_size", batch_size)):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.save_hyperparameters()
-        self.path = None if path is None else resolve_dataset(path)
+        self.paths = None if path is None else genome_files(path)
         self.tokenizer = NucleotideTokenizer(tokenizer_mode, k=k)
-        self.seq_len, self.holdout_fraction = seq_len, holdout_fraction
+        self.seq_len, self.holdout_fraction, self.holdout = seq_len, holdout_fraction, holdout
+        self.max_n_fraction = max_n_fraction
         self.train_windows, self.val_windows = train_windows, val_windows
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.synthetic_length = synthetic_length
         self.datasets: dict[str, GenomeWindows] = {}
 
-    def records(self):
-        if self.path is None:
-            return [("synthetic", synthetic_genome(self.synthetic_length, seed=self.seed))]
-        return iter_fasta(self.path)
+    def records(self) -> Iterator[tuple[str, str]]:
+        """``(where, sequence)``: ``where`` names the file and the record for error messages."""
+        if self.paths is None:
+            yield "synthetic", synthetic_genome(self.synthetic_length, seed=self.seed)
+            return
+        for path in self.paths:
+            for record, sequence in iter_sequences(path):
+                yield f"{path} record {record!r}", sequence
+
+    def _split(self, encoded: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if self.holdout == "tail":
+            cuts = [int(round(len(ids) * (1.0 - self.holdout_fraction))) for ids in encoded]
+            return [ids[:c] for ids, c in zip(encoded, cuts, strict=True)], [ids[c:] for ids, c in zip(encoded, cuts, strict=True)]
+        before = np.cumsum([0] + [len(ids) for ids in encoded])[:-1]
+        boundary = (1.0 - self.holdout_fraction) * sum(len(ids) for ids in encoded)
+        train = [ids for ids, b in zip(encoded, before, strict=True) if b < boundary]
+        return train, encoded[len(train):]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        train, held = [], []
-        for record, sequence in self.records():
-            # Errors name the file as well as the record and position.
-            where = record if self.path is None else f"{self.path} record {record!r}"
-            ids = self.tokenizer.encode(sequence, record=where)
-            cut = int(round(len(ids) * (1.0 - self.holdout_fraction)))
-            train.append(ids[:cut])
-            held.append(ids[cut:])
+        encoded = [self.tokenizer.encode(sequence, record=where) for where, sequence in self.records()]
+        train, held = self._split(encoded)
         self.num_train_tokens = sum(len(s) for s in train)
         self.num_heldout_tokens = sum(len(s) for s in held)
-        self.datasets["train"] = GenomeWindows(train, self.seq_len, self.train_windows, True, self.seed)
-        self.datasets["val"] = GenomeWindows(held, self.seq_len, self.val_windows, False)
+        options = {"n_ids": n_token_ids(self.tokenizer), "max_n_fraction": self.max_n_fraction}
+        self.datasets["train"] = self._windows(train, self.train_windows, True, "training part", options)
+        self.datasets["val"] = self._windows(held, self.val_windows, False, "held-out part", options)
+        self._report(len(encoded))
+
+    def _windows(self, segments, count: int, random: bool, part: str, options: dict) -> GenomeWindows:
+        try:
+            return GenomeWindows(segments, self.seq_len, count, random, self.seed, **options)
+        except ValueError as err:
+            where = "the held-out tail" if part == "held-out part" and self.holdout == "tail" else f"the {part}"
+            longest = max((len(s) for s in segments), default=0)
+            fraction = f"holdout_fraction={self.holdout_fraction}"
+            fix = (f"lower seq_len, raise {fraction}, or use longer records"
+                   if part == "held-out part" else f"lower seq_len or {fraction}, or use longer records")
+            if str(err) != "no window fits":
+                fix = f"raise max_n_fraction={self.max_n_fraction} (1.0 keeps every window) or use other records"
+                raise ValueError(f"{self._source()}: {err} in {where} ({len(segments)} segment(s)); {fix}") from None
+            raise ValueError(
+                f"{self._source()}: {where} is too short for seq_len={self.seq_len}: its longest "
+                f"segment has {longest} tokens ({fraction}, holdout={self.holdout!r}); {fix}"
+            ) from None
+
+    def _source(self) -> str:
+        if self.paths is None:
+            return "synthetic genome"
+        return str(self.paths[0]) if len(self.paths) == 1 else f"{len(self.paths)} files ({self.paths[0]}, ...)"
+
+    def _report(self, num_records: int) -> None:
+        train, val = self.datasets["train"], self.datasets["val"]
+        if train.too_short or val.too_short:
+            rank_zero_warn(
+                f"{self._source()}: {train.too_short} of {num_records} record(s) are shorter than seq_len="
+                f"{self.seq_len} in the training part and {val.too_short} in the held-out part; they give "
+                "no window and are not used (lower seq_len to use them)"
+            )
+        if train.mostly_n_starts or val.mostly_n_starts:
+            rank_zero_info(
+                f"{self._source()}: {train.mostly_n_starts} training and {val.mostly_n_starts} held-out window "
+                f"start(s) hold more than max_n_fraction={self.max_n_fraction} N and are skipped"
+            )
 
 
 # -- labelled sequences -----------------------------------------------------------
@@ -292,19 +428,22 @@ class SequenceClassificationDataModule(ResumableDataModuleMixin):
 
     Args:
         task: GUE task (``prom_core_all``, ``tf0``, ...), or None.
-        data_dir: folder with the three splits (used when ``task`` is None).
+        data_dir: folder with the three splits. Giving both ``task`` and ``data_dir`` is an error.
+        default_task: GUE task read when neither ``task`` nor ``data_dir`` is given (the
+            GUE recipes set it, so ``--data.data_dir`` alone selects the folder).
         max_length, overflow: length policy (see above).
         max_train_samples: keep a seeded random subset of the training split (budget runs).
         tokenizer_mode, k: tokenizer.
         batch_size, num_workers, seed: loader settings.
         synthetic: options of ``synthetic_labeled`` (``n``, ``length``, ``motif``) when
-            both ``task`` and ``data_dir`` are None.
+            ``task``, ``data_dir`` and ``default_task`` are all None.
     """
 
     def __init__(
         self,
         task: str | None = None,
         data_dir: str | None = None,
+        default_task: str | None = None,
         max_length: int | None = None,
         overflow: Literal["error", "truncate"] = "error",
         max_train_samples: int | None = None,
@@ -318,7 +457,17 @@ class SequenceClassificationDataModule(ResumableDataModuleMixin):
         super().__init__()
         if overflow not in ("error", "truncate"):
             raise ValueError(f"overflow must be 'error' or 'truncate' for classification data, got {overflow!r}")
+        if task is not None and data_dir is not None:
+            raise ValueError(
+                f"both a GUE task ({task!r}) and a data folder ({data_dir!r}) were given; pass one: "
+                "--data.data_dir alone reads the folder, --data.task alone the GUE task"
+            )
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise FileNotFoundError(f"data_dir {data_dir!r} is not a folder (expected train/dev/test files in it)")
         self.save_hyperparameters()
+        task = task if task is not None or data_dir is not None else default_task
+        if task is not None:
+            gue_dataset_name(task, "train")  # an unknown task fails here, listing the known ones
         self.task, self.data_dir = task, None if data_dir is None else Path(data_dir)
         self.max_length, self.overflow = max_length, overflow
         self.max_train_samples = max_train_samples

@@ -2,11 +2,14 @@
 
 from omniseq.domains.genomics.io import (
     iter_fasta,
+    iter_fastq,
+    iter_sequences,
     open_text,
     read_fasta,
     read_fastq,
     read_gff,
     read_labeled,
+    sequence_format,
 )
 from omniseq.domains.genomics.tokenizer import (
     SPECIAL_TOKENS,
@@ -20,6 +23,8 @@ __all__ = [
     "SPECIAL_TOKENS",
     "NucleotideTokenizer",
     "iter_fasta",
+    "iter_fastq",
+    "iter_sequences",
     "mask_tokens",
     "open_text",
     "read_fasta",
@@ -28,4 +33,5 @@ __all__ = [
     "read_labeled",
     "reverse_complement",
     "reverse_complement_ids",
+    "sequence_format",
 ]

@@ -2,8 +2,10 @@
 
 Character vocabulary: ``[PAD] [MASK] [CLS] [SEP] [UNK] A C G T N`` (ids 0..9).
 Lowercase (soft-masked) bases stay bases and can be reported in a mask channel;
-IUPAC ambiguity codes (R Y S W K M B D H V) become N; U (RNA) reads as T;
-anything else is an error naming the record and the position.
+IUPAC ambiguity codes (R Y S W K M B D H V) become N; U (RNA) reads as T, on
+purpose, so RNA sequences can be fed as they are (the invalid-character error
+lists it); anything else is an error naming the record, the position and the
+character (a non-ASCII one by its byte value or code point).
 
 Over-long sequences follow ``overflow`` (see :meth:`NucleotideTokenizer.fit_length`):
 ``"error"`` refuses them, ``"truncate"`` keeps the first ``max_length`` tokens,
@@ -62,6 +64,13 @@ def _char_table() -> np.ndarray:
 
 
 _CHAR_TABLE = _char_table()
+
+
+def _describe_non_ascii(char: str) -> str:
+    # Files are decoded as Latin-1 (one character per byte), so a code point under 256 is the byte.
+    if ord(char) < 256:
+        return f"non-ASCII byte 0x{ord(char):02X}"
+    return f"non-ASCII character {char!r} (U+{ord(char):04X})"
 
 
 class NucleotideTokenizer:
@@ -150,16 +159,19 @@ class NucleotideTokenizer:
 
         Raises ValueError naming ``record`` and the 0-based position of the first invalid character.
         """
-        raw = np.frombuffer(sequence.encode("latin-1", errors="replace"), dtype=np.uint8)
-        if len(raw) != len(sequence):
-            raise ValueError(f"{record}: non-ASCII character in the sequence")
+        if not sequence.isascii():
+            non_ascii = next(i for i, char in enumerate(sequence) if ord(char) > 127)
+            raise ValueError(f"{record}: {_describe_non_ascii(sequence[non_ascii])} at position {non_ascii} "
+                             "(0-based); a DNA sequence holds only ASCII letters (was the file saved from a "
+                             "word processor, or a non-DNA column read as the sequence?)")
+        raw = np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)
         index = _CHAR_TABLE[raw]
         bad = np.flatnonzero(index == _INVALID)
         if bad.size:
             pos = int(bad[0])
             raise ValueError(
                 f"{record}: invalid character {sequence[pos]!r} at position {pos} (0-based); "
-                f"expected A C G T N, IUPAC codes {' '.join(IUPAC_AMBIGUITY)} or their lowercase"
+                f"expected A C G T N, IUPAC codes {' '.join(IUPAC_AMBIGUITY)}, U (read as T) or their lowercase"
             )
         soft = (raw >= ord("a")) & (raw <= ord("z"))
         return index.astype(np.int64), soft
@@ -172,7 +184,11 @@ class NucleotideTokenizer:
         The soft mask has one flag per token (for k-mers: whether any base of it is lowercase).
         """
         if self.mode == "byte":
-            raw = np.frombuffer(sequence.encode("latin-1", errors="strict"), dtype=np.uint8)
+            try:
+                raw = np.frombuffer(sequence.encode("latin-1"), dtype=np.uint8)
+            except UnicodeEncodeError as err:
+                raise ValueError(f"{record}: {_describe_non_ascii(sequence[err.start])} at position {err.start} "
+                                 "(0-based) is not a single byte; byte mode reads bytes 0..255") from None
             ids = raw.astype(np.int64) + self.num_special
             soft = (raw >= ord("a")) & (raw <= ord("z"))
             return (ids, soft) if return_soft_mask else ids
