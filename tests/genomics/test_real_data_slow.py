@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from omniseq.data.genomics import GenomePretrainDataModule, SequenceClassificationDataModule
@@ -48,12 +49,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("recipe", ["genomics/demo_pretrain", "genomics/demo_classify"])
-def test_cli_recipes_run(tmp_path, recipe):
-    result = _cli("fit", "--config", recipe, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
-                  "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path))
+@pytest.mark.parametrize(("recipe", "limits"), [
+    # 26 steps stop inside the first 32-step epoch: validation every 25 steps must still run.
+    ("genomics/demo_pretrain", ["--trainer.max_steps", "26"]),
+    ("genomics/demo_classify", ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5"]),
+])
+def test_cli_recipes_run(tmp_path, recipe, limits):
+    result = _cli("fit", "--config", recipe, *limits, "--trainer.limit_val_batches", "2",
+                  "--trainer.default_root_dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    metrics = pd.concat(pd.read_csv(f) for f in tmp_path.glob("logs/*/metrics.csv"))
+    assert metrics.filter(like="val/").notna().any(axis=None)
 
 
 def test_pretraining_at_32k_tokens_fits_in_memory():
