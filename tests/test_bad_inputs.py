@@ -530,6 +530,7 @@ def test_wrong_architecture_state_dict_is_summarised(forecasting_checkpoint):
     pytest.param(lambda ckpt, saved, t: Forecaster.load(segmenter_file(t)), ValueError,
                  r"segmenter\.pt was written by Segmenter\.save, not Forecaster\.save; read it with Segmenter\.load",
                  id="forecaster-from-segmenter-file"),
+    # A Forecaster file is plain tensors and strings (it loads weights-only), so its tag names the loader.
     pytest.param(lambda ckpt, saved, t: Segmenter.load(saved), ValueError,
                  r"forecaster\.pt was written by Forecaster\.save, not Segmenter\.save; read it with Forecaster\.load",
                  id="segmenter-from-forecaster-file"),

@@ -1,19 +1,22 @@
 """``Forecaster``: fit a forecasting backbone on a table in a few lines (notebooks).
 
-    fc = Forecaster("itransformer", seq_len=96, pred_len=24, mixer="gla")
+    fc = Forecaster("itransformer")            # the paper settings of forecasting/etth1_itransformer_96
+    fc = Forecaster(recipe="forecasting/ettm1_itransformer_96", pred_len=24, split="ratio", ratios=(0.7, 0.1, 0.2))
     fc.fit(frame)                   # DataFrame (date column or DatetimeIndex), xarray, or a path
     future = fc.predict(48)         # DataFrame indexed by the next 48 timestamps, original units
     fc.evaluate()                   # {"mse", "mae"} on the test split (normalised, as papers report)
-    fc.plot()                       # history, truth and forecast of one test window
+    fc.evaluate(forecast="naive")   # the same for repeating the last observed value
+    fc.plot()                       # history, truth and forecast of one test window, over time
     fc.save("model.pt"); Forecaster.load("model.pt").predict(24)
+    Forecaster.from_checkpoint("runs/forecasting/etth1_itransformer_96/checkpoints/best.ckpt")
 
 Training is the ``ForecastingTask`` recipe under a Lightning ``Trainer`` with
-early stopping on validation loss; the best validation weights are kept.
+early stopping on validation loss; the best validation checkpoint is kept under
+``default_root_dir`` and loaded back.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,65 +24,120 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from omniseq.api._saved import load_payload, save_payload
 from omniseq.backbones.itransformer import ITransformer
 from omniseq.backbones.tsmixer import TSMixer
 from omniseq.data.forecasting import ForecastingDataModule
-from omniseq.data.series_io import pandas_freq
 from omniseq.domains.timeseries.time_features import time_features
 from omniseq.recipes.checkpoints import AtomicCheckpointIO, read_checkpoint
 from omniseq.recipes.forecasting import ForecastingTask
 
 __all__ = ["Forecaster"]
 
-MODELS = ("itransformer", "tsmixer")
-_DATA_KEYS = ("seq_len", "pred_len", "features", "target", "date_column", "split", "split_dates", "fill",
+MODELS = {"itransformer": ITransformer, "tsmixer": TSMixer}
+# The recipe whose (paper) settings a model gets when no recipe is named.
+DEFAULT_RECIPES = {"itransformer": "forecasting/etth1_itransformer_96", "tsmixer": "forecasting/etth1_tsmixer_96"}
+_DATA_KEYS = ("seq_len", "pred_len", "features", "target", "date_column", "split", "ratios", "split_dates", "fill",
               "missing_values", "scale", "freq", "batch_size", "seed")
+# Backbone arguments that follow the data or the Forecaster's own settings, not the recipe.
+_LINKED = ("seq_len", "pred_len", "num_channels", "num_time_features", "mixer")
+
+
+def recipe_settings(recipe: str) -> dict[str, Any]:
+    """The Forecaster settings a forecasting recipe YAML states (read as data, nothing imported)."""
+    from omniseq.recipes.cli import CONFIG_ROOT
+
+    path = Path(recipe) if Path(recipe).is_file() else CONFIG_ROOT / f"{recipe.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        raise ValueError(f"recipe {recipe!r} is neither a YAML file nor a packaged recipe (see `omniseq list`)")
+    config = yaml.safe_load(path.read_text())
+    model_args = config["model"]["init_args"]
+    backbone = model_args["backbone"]
+    name = backbone["class_path"].rpartition(".")[2]
+    models = {cls.__name__: key for key, cls in MODELS.items()}
+    if name not in models:
+        raise ValueError(f"recipe {recipe!r} builds {name}; Forecaster supports {sorted(models)}")
+    trainer = config.get("trainer", {})
+    patience = [c["init_args"].get("patience", 3) for c in trainer.get("callbacks", [])
+                if str(c.get("class_path", "")).endswith("EarlyStopping")]
+    data = config.get("data", {}).get("init_args", {})
+    init = backbone.get("init_args", {})
+    return {
+        "model": models[name], "mixer": init.get("mixer"),
+        "model_options": {k: v for k, v in init.items() if k not in _LINKED},
+        "seq_len": data.get("seq_len", 96), "pred_len": data.get("pred_len", 96),
+        "batch_size": data.get("batch_size", 32), "lr": model_args.get("lr", 1e-4),
+        "lr_decay": model_args.get("lr_decay", 0.5), "max_epochs": trainer.get("max_epochs", 10),
+        "patience": patience[0] if patience else 3, "seed": config.get("seed_everything", 0),
+    }
 
 
 class Forecaster:
     """A forecasting model plus the data settings it was fitted with.
 
+    Every setting left as None comes from ``recipe``, by default the paper recipe of the
+    model (``forecasting/etth1_itransformer_96``: lr 1e-4 halved every epoch, d_model =
+    d_ff = 256, 2 layers, seq_len = pred_len = 96, batch 32, 10 epochs, patience 3,
+    seed 2021; ``forecasting/etth1_tsmixer_96`` for TSMixer).
+
     Args:
-        model: ``itransformer`` or ``tsmixer``.
+        model: ``itransformer`` or ``tsmixer`` (None: the recipe's, else itransformer).
         mixer: sequence mixer (``attention``, ``gla``, ``mamba``, ``s5``, ``mlp``, ...);
-            None = the model's own (attention for iTransformer, mlp for TSMixer).
+            None = the recipe's (attention for iTransformer, mlp for TSMixer).
+        recipe: a forecasting recipe name or YAML path whose settings fill the None ones.
         seq_len, pred_len: lookback and the model's horizon (``predict`` rolls forward past it).
-        features, target, date_column, split, split_dates, fill, missing_values, scale, freq:
-            as in :class:`~omniseq.data.forecasting.ForecastingDataModule`.
-        model_options: extra backbone arguments (e.g. ``{"d_model": 256}``).
-        max_epochs, batch_size, lr, patience, seed: training settings.
+        features, target, date_column, split, ratios, split_dates, fill, missing_values, scale, freq:
+            as in :class:`~omniseq.data.forecasting.ForecastingDataModule` (``split="auto"``
+            takes the ETT split only for ETT data, else ``ratio`` with ``ratios``; the choice
+            is printed).
+        model_options: backbone arguments over the recipe's (e.g. ``{"d_model": 128}``).
+        max_epochs, batch_size, lr, lr_decay, patience, seed: training settings.
+        default_root_dir: where the checkpoints go (``<dir>/checkpoints/best.ckpt``; printed).
         trainer_options: extra ``lightning.Trainer`` arguments (e.g. ``limit_train_batches``).
     """
 
     def __init__(
         self,
-        model: str = "itransformer",
+        model: str | None = None,
         mixer: str | None = None,
-        seq_len: int = 96,
-        pred_len: int = 24,
+        recipe: str | None = None,
+        seq_len: int | None = None,
+        pred_len: int | None = None,
         features: str = "M",
         target: str = "OT",
         date_column: str | None = "date",
         split: str = "auto",
+        ratios: tuple[float, float, float] = (0.7, 0.1, 0.2),
         split_dates: list[str] | None = None,
         fill: str = "error",
         missing_values: tuple[float, ...] = (),
         scale: bool = True,
         freq: str = "auto",
         model_options: dict | None = None,
-        max_epochs: int = 10,
-        batch_size: int = 32,
-        lr: float = 5e-4,
-        patience: int = 3,
-        seed: int = 0,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        lr_decay: float | None = None,
+        patience: int | None = None,
+        seed: int | None = None,
+        default_root_dir: str | Path = "runs/forecaster",
         trainer_options: dict | None = None,
     ) -> None:
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-        self.config = {k: v for k, v in locals().items() if k != "self"}
+        if model is not None and model not in MODELS:
+            raise ValueError(f"model must be one of {tuple(MODELS)}, got {model!r}")
+        given = {k: v for k, v in locals().items() if k not in ("self", "recipe")}
+        defaults = recipe_settings(recipe or DEFAULT_RECIPES[model or "itransformer"])
+        if model is not None and recipe is not None and defaults["model"] != model:
+            raise ValueError(f"model={model!r} but recipe {recipe!r} builds {defaults['model']!r}; give one of them")
+        config = {k: (defaults.get(k) if v is None else v) for k, v in given.items()}
+        config["model_options"] = {**defaults["model_options"], **(model_options or {})}
+        config["ratios"] = tuple(ratios)
+        config["default_root_dir"] = str(default_root_dir)
+        config["recipe"] = recipe or DEFAULT_RECIPES[config["model"]]
+        self.config = config
         self.task: ForecastingTask | None = None
         self.datamodule: ForecastingDataModule | None = None
         self._meta: dict[str, Any] = {}
@@ -92,10 +150,12 @@ class Forecaster:
     def _backbone(self, num_channels: int, num_time_features: int) -> torch.nn.Module:
         cfg, options = self.config, dict(self.config["model_options"] or {})
         if cfg["model"] == "itransformer":
-            options = {"d_model": 128, "d_ff": 128, "depth": 2, **options}
             return ITransformer(cfg["seq_len"], cfg["pred_len"], mixer=cfg["mixer"] or "attention",
                                 num_channels=num_channels, num_time_features=num_time_features, **options)
         return TSMixer(cfg["seq_len"], cfg["pred_len"], num_channels, mixer=cfg["mixer"] or "mlp", **options)
+
+    def _task(self, backbone: torch.nn.Module) -> ForecastingTask:
+        return ForecastingTask(backbone, lr=self.config["lr"], lr_decay=self.config["lr_decay"])
 
     def _make_datamodule(self, data: Any) -> ForecastingDataModule:
         if data is None or isinstance(data, (str, Path)):
@@ -110,49 +170,68 @@ class Forecaster:
         dm = self._make_datamodule(data)
         dm.setup()
         L.seed_everything(self.config["seed"], verbose=False)
-        backbone = self._backbone(dm.num_channels, dm.num_time_features)
-        self.task = ForecastingTask(backbone, lr=self.config["lr"])
-        with tempfile.TemporaryDirectory() as tmp:
-            best = ModelCheckpoint(dirpath=tmp, monitor="val/loss", mode="min", filename="best")
-            options = {
-                "max_epochs": self.config["max_epochs"], "logger": False, "enable_progress_bar": False,
-                "enable_model_summary": False, "default_root_dir": tmp, "accelerator": "auto",
-                **(self.config["trainer_options"] or {}),
-            }
-            early = EarlyStopping(monitor="val/loss", mode="min", patience=self.config["patience"])
-            # The user's callbacks run beside the two this method relies on, not instead of them.
-            callbacks = [best, early, *(options.pop("callbacks", None) or [])]
-            options.setdefault("plugins", [AtomicCheckpointIO()])  # the best checkpoint is written atomically
-            trainer = L.Trainer(callbacks=callbacks, **options)
-            trainer.fit(self.task, datamodule=dm)
-            if best.best_model_path:
-                state = read_checkpoint(best.best_model_path)["state_dict"]
-                self.task.load_state_dict(state)
+        self.task = self._task(self._backbone(dm.num_channels, dm.num_time_features))
+        root = Path(self.config["default_root_dir"]).expanduser()
+        best = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/loss", mode="min", filename="best",
+                               enable_version_counter=False)
+        options = {
+            "max_epochs": self.config["max_epochs"], "logger": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "default_root_dir": str(root), "accelerator": "auto",
+            **(self.config["trainer_options"] or {}),
+        }
+        early = EarlyStopping(monitor="val/loss", mode="min", patience=self.config["patience"])
+        # The user's callbacks run beside the two this method relies on, not instead of them.
+        callbacks = [best, early, *(options.pop("callbacks", None) or [])]
+        options.setdefault("plugins", [AtomicCheckpointIO()])  # the best checkpoint is written atomically
+        trainer = L.Trainer(callbacks=callbacks, **options)
+        trainer.fit(self.task, datamodule=dm)
+        if best.best_model_path:
+            self.task.load_state_dict(read_checkpoint(best.best_model_path)["state_dict"])
+            print(f"Forecaster: best checkpoint {Path(best.best_model_path).resolve()} "
+                  "(Forecaster.from_checkpoint reads it)", flush=True)
         self.task.cpu().eval()  # predict/evaluate/plot run on CPU tensors
         self.datamodule = dm
-        self._remember(dm, is_xarray=type(data).__module__.startswith("xarray"))
+        self._meta = {**dm.series_state(), "is_xarray": type(data).__module__.startswith("xarray")}
         return self
 
-    def _remember(self, dm: ForecastingDataModule, is_xarray: bool) -> None:
-        """What predict needs without the data: the last lookback, scaling and calendar."""
-        frame = dm.clean_frame
-        self._meta = {
-            "history": frame[dm.input_columns].to_numpy(np.float64)[-dm.seq_len :],
-            "dates": dm.dates[-dm.seq_len :],
-            "step": pandas_freq(dm.dates),
-            "freq": dm.freq,
-            "input_columns": list(dm.input_columns),
-            "output_columns": list(dm.output_columns),
-            "mean": None if dm.scaler is None else dm.scaler.mean_.copy(),
-            "std": None if dm.scaler is None else dm.scaler.scale_.copy(),
-            "num_channels": dm.num_channels,
-            "num_time_features": dm.num_time_features,
-            "is_xarray": is_xarray,
-        }
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, data: Any = None) -> Forecaster:
+        """A Forecaster from a ``ForecastingTask`` checkpoint written by ``omniseq fit`` (or ``fit``).
+
+        The checkpoint holds the backbone settings, the weights and the series state the
+        DataModule stores (scaling, column names, last lookback), so ``predict`` works at
+        once; ``data`` (or ``set_data``) enables ``evaluate``/``plot``.
+        """
+        checkpoint = read_checkpoint(path)
+        series = (checkpoint.get(ForecastingDataModule.__qualname__) or {}).get("series")
+        backbone = (checkpoint.get("hyper_parameters") or {}).get("backbone")
+        if series is None or not isinstance(backbone, dict):
+            raise ValueError(
+                f"{path}: not a forecasting checkpoint with its data settings (it lacks the stored series state or "
+                "the backbone config of `omniseq fit`); fit again with this version, or use ForecastingTask."
+                "load_from_checkpoint with a backbone"
+            )
+        name = str(backbone.get("class_path", "")).rpartition(".")[2]
+        models = {c.__name__: key for key, c in MODELS.items()}
+        if name not in models:
+            raise ValueError(f"{path}: the checkpoint's backbone is {name!r}; Forecaster reads {sorted(models)}")
+        init = dict(backbone.get("init_args") or {})
+        hparams, data_hparams = checkpoint["hyper_parameters"], checkpoint.get("datamodule_hyper_parameters") or {}
+        settings = {k: data_hparams[k] for k in _DATA_KEYS if k in data_hparams and k not in ("seq_len", "pred_len")}
+        forecaster = cls(
+            models[name], mixer=init.get("mixer"), seq_len=init["seq_len"], pred_len=init["pred_len"],
+            model_options={k: v for k, v in init.items() if k not in _LINKED},
+            lr=hparams.get("lr"), lr_decay=hparams.get("lr_decay"), **settings,
+        )
+        forecaster._meta = {**series, "is_xarray": False}
+        task = forecaster._task(forecaster._backbone(len(series["input_columns"]), series["num_time_features"]))
+        task.load_state_dict(checkpoint["state_dict"])
+        forecaster.task = task.eval()
+        return forecaster if data is None else forecaster.set_data(data)
 
     def _require_fitted(self) -> ForecastingTask:
         if self.task is None:
-            raise RuntimeError("call fit() (or Forecaster.load) first")
+            raise RuntimeError("call fit() (or Forecaster.load / Forecaster.from_checkpoint) first")
         return self.task
 
     def predict(self, horizon: int | None = None) -> pd.DataFrame | Any:
@@ -165,6 +244,8 @@ class Forecaster:
         """
         task, meta, cfg = self._require_fitted(), self._meta, self.config
         horizon = cfg["pred_len"] if horizon is None else horizon
+        if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)):
+            raise TypeError(f"horizon must be a whole number of time steps (an int), got {horizon!r}")
         if horizon <= 0:
             raise ValueError(f"horizon must be positive, got {horizon}")
         if horizon > cfg["pred_len"] and meta["input_columns"] != meta["output_columns"]:
@@ -172,11 +253,13 @@ class Forecaster:
                 f"horizon {horizon} > pred_len {cfg['pred_len']} needs features 'M' or 'S' (outputs fed back as "
                 f"inputs); with {cfg['features']!r} fit a model with pred_len >= {horizon}"
             )
-        mean, std = meta["mean"], meta["std"]
-        scaled = meta["history"] if mean is None else (meta["history"] - mean) / std
+        mean, std = (None, None) if meta["mean"] is None else (meta["mean"].numpy(), meta["std"].numpy())
+        history = meta["history"].numpy()
+        scaled = history if mean is None else (history - mean) / std
+        dates = pd.DatetimeIndex(meta["dates"])
         steps = -(-horizon // cfg["pred_len"]) * cfg["pred_len"]
-        future = pd.date_range(meta["dates"][-1], periods=steps + 1, freq=meta["step"])[1:]
-        marks = time_features(meta["dates"].append(future), meta["freq"])
+        future = pd.date_range(dates[-1], periods=steps + 1, freq=meta["step"])[1:]
+        marks = time_features(dates.append(future), meta["freq"])
         window, outputs = torch.as_tensor(scaled, dtype=torch.float32)[None], []
         with torch.no_grad():
             for k in range(0, steps, cfg["pred_len"]):
@@ -219,18 +302,28 @@ class Forecaster:
         self.datamodule = datamodule
         return self
 
-    def evaluate(self, split: str = "test") -> dict[str, float]:
+    def evaluate(self, split: str = "test", forecast: str = "model") -> dict[str, float]:
         """MSE and MAE over every window of ``split``, normalised units (the papers' convention),
-        plus ``mse_original``/``mae_original`` in the data's units."""
+        plus ``mse_original``/``mae_original`` in the data's units.
+
+        ``forecast="naive"`` scores the naive baseline instead: the last observed value of
+        each channel repeated over the horizon.
+        """
         dm, task = self._require_data(), self._require_fitted()
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if forecast not in ("model", "naive"):
+            raise ValueError(f"forecast must be 'model' or 'naive', got {forecast!r}")
+        outputs = [dm.input_columns.index(c) for c in dm.output_columns]
         loader = torch.utils.data.DataLoader(dm.datasets[split], batch_size=256)
         sums = np.zeros(4)
         count = 0
         with torch.no_grad():
             for batch in loader:
-                pred = task(batch["x"], batch["x_mark"])[..., -batch["y"].shape[-1] :]
+                if forecast == "naive":
+                    pred = batch["x"][:, -1:, outputs].expand_as(batch["y"])
+                else:
+                    pred = task(batch["x"], batch["x_mark"])[..., -batch["y"].shape[-1] :]
                 err = (pred - batch["y"]).double()
                 err_orig = (dm.inverse_transform(pred) - dm.inverse_transform(batch["y"])).double()
                 sums += [err.square().sum().item(), err.abs().sum().item(),
@@ -243,17 +336,23 @@ class Forecaster:
         import matplotlib.pyplot as plt
 
         dm, task = self._require_data(), self._require_fitted()
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         dataset = dm.datasets[split]
-        item = dataset[window % len(dataset)]
+        index = window % len(dataset)
+        item = dataset[index]
         with torch.no_grad():
             pred = task(item["x"][None], item["x_mark"][None])[0][..., -item["y"].shape[-1] :]
         names = dm.output_columns
         chosen = names[-channels:] if isinstance(channels, int) else list(channels)
         history = dm.inverse_transform(item["x"][:, [dm.input_columns.index(c) for c in names]]).numpy()
         truth, forecast = dm.inverse_transform(item["y"]).numpy(), dm.inverse_transform(pred).numpy()
-        axes = ax if ax is not None else plt.subplots(len(chosen), 1, figsize=(9, 2.2 * len(chosen)), squeeze=False)[1][:, 0]
+        start = dm.borders()[("train", "val", "test").index(split)][0] + index
+        dates = dm.dates[start : start + len(history) + len(truth)]
+        t_hist, t_future = dates[: len(history)], dates[len(history) :]
+        axes = ax if ax is not None else plt.subplots(len(chosen), 1, figsize=(9, 2.2 * len(chosen)), squeeze=False,
+                                                      sharex=True)[1][:, 0]
         axes = np.atleast_1d(axes)
-        t_hist, t_future = np.arange(-len(history), 0), np.arange(len(truth))
         for axis, name in zip(axes, chosen, strict=False):
             j = names.index(name)
             axis.plot(t_hist, history[:, j], color="0.5", label="history")
@@ -261,6 +360,7 @@ class Forecaster:
             axis.plot(t_future, forecast[:, j], color="C1", label="forecast")
             axis.set_ylabel(name)
         axes[0].legend(loc="upper left", fontsize="small")
+        axes[-1].figure.autofmt_xdate()
         return axes[0].figure
 
     # -- persistence ---------------------------------------------------------------
@@ -274,9 +374,23 @@ class Forecaster:
     @classmethod
     def load(cls, path: str | Path) -> Forecaster:
         saved = load_payload(path, "Forecaster", ("config", "meta", "state_dict"))
-        forecaster = cls(**saved["config"])
-        forecaster._meta = saved["meta"]
-        backbone = forecaster._backbone(saved["meta"]["num_channels"], saved["meta"]["num_time_features"])
+        config = {k: v for k, v in saved["config"].items() if k != "recipe"}
+        forecaster = cls(recipe=saved["config"].get("recipe"), **config)
+        forecaster._meta = meta = _meta_as_tensors(saved["meta"])
+        backbone = forecaster._backbone(len(meta["input_columns"]), meta["num_time_features"])
         backbone.load_state_dict(saved["state_dict"])
-        forecaster.task = ForecastingTask(backbone, lr=forecaster.config["lr"]).eval()
+        forecaster.task = forecaster._task(backbone).eval()
         return forecaster
+
+
+def _meta_as_tensors(meta: dict[str, Any]) -> dict[str, Any]:
+    """Files saved before the series state was tensors and strings held numpy and pandas objects."""
+    meta = dict(meta)
+    for key in ("history", "mean", "std"):
+        if isinstance(meta.get(key), np.ndarray):
+            meta[key] = torch.as_tensor(meta[key])
+    if isinstance(meta.get("dates"), pd.DatetimeIndex):
+        meta["dates"] = [t.isoformat() for t in meta["dates"]]
+    if not isinstance(meta.get("step"), str):
+        meta["step"] = pd.tseries.frequencies.to_offset(meta["step"]).freqstr
+    return meta

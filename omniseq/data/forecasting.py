@@ -1,8 +1,8 @@
 """Forecasting data: sliding-window datasets and the LightningDataModule.
 
 Follows the protocol of the long-horizon literature (Informer, Autoformer,
-Time-Series-Library, iTransformer): chronological splits (ETT's 12/4/4 months,
-else 70/10/20), val/test windows starting ``seq_len`` rows early so the first
+Time-Series-Library, iTransformer): chronological splits (ETT's 12/4/4 months
+for ETT data, else 70/10/20; see ``resolve_split``), val/test windows starting ``seq_len`` rows early so the first
 target is the first row of the split, a per-channel StandardScaler fitted on the
 training rows only, stride-1 windows, metrics in the scaled space.
 One deliberate difference: the val/test loaders never drop their last batch.
@@ -11,6 +11,7 @@ One deliberate difference: the val/test loaders never drop their last batch.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from sklearn.preprocessing import StandardScaler
 from torch.utils.data import Dataset
 
@@ -28,17 +30,22 @@ from omniseq.data.series_io import (
     fill_missing,
     frame_from_object,
     pandas_freq,
+    parse_dates,
     read_table,
+    warn_sentinels,
 )
 from omniseq.data.synthetic import make_synthetic_series
 from omniseq.domains.timeseries.time_features import canonical_freq, infer_freq, time_features
 
-__all__ = ["ForecastingDataModule", "WindowDataset", "date_borders", "resolve_split", "split_borders"]
+__all__ = ["ETT_COLUMNS", "ForecastingDataModule", "WindowDataset", "date_borders", "resolve_split", "split_borders"]
 
 Features = Literal["M", "S", "MS"]
 SplitName = Literal["auto", "ett_hour", "ett_minute", "ratio", "dates"]
 STAGES = ("train", "val", "test")
 _ETT_HOUR_MONTH = 30 * 24
+ETT_COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+# Beyond this magnitude the scaler's variance (a sum of squares) overflows float64.
+_MAX_ABS_VALUE = 1e150
 # Used when a file has no date column (as the Autoformer release of exchange_rate).
 SYNTHETIC_START = "1990-01-01"
 
@@ -97,18 +104,38 @@ def date_borders(
     return [(0, ends[0]), (ends[0] - seq_len, ends[1]), (ends[1] - seq_len, ends[2])]
 
 
-def resolve_split(split: str, path: str | Path | None, n_rows: int) -> str:
-    """``auto``: ETT splits for ETTh*/ETTm* files (and long enough synthetic data), else ratio."""
+def resolve_split(
+    split: str, path: str | Path | None, n_rows: int, step: pd.Timedelta | None = None,
+    columns: Sequence[str] | None = None, synthetic: bool = False,
+) -> str:
+    """The split ``auto`` stands for (the rule the README documents).
+
+    ETT data get the ETT split of their frequency, everything else ``ratio``. Data are
+    ETT when the file name starts with ``ETTh``/``ETTm`` or the columns are ETT's seven
+    (``HUFL ... OT``); the inferred time step then picks ``ett_hour`` (1 hour) or
+    ``ett_minute`` (15 minutes), the name deciding when the step is neither. The
+    built-in synthetic series (hourly, ETTh1's length) takes ``ett_hour`` when it has
+    the 14,400 rows that split needs.
+    """
     if split != "auto":
         return split
-    if path is None:
-        return "ett_hour" if n_rows >= 20 * _ETT_HOUR_MONTH else "ratio"
-    name = Path(path).name
-    if re.match(r"ETTh", name, re.IGNORECASE):
-        return "ett_hour"
-    if re.match(r"ETTm", name, re.IGNORECASE):
-        return "ett_minute"
-    return "ratio"
+    by_freq = {pd.Timedelta(hours=1): "ett_hour", pd.Timedelta(minutes=15): "ett_minute"}.get(step)
+    if path is not None:
+        name = Path(path).name
+        if re.match(r"ETT[hm]", name, re.IGNORECASE):
+            return by_freq or ("ett_hour" if name[3].lower() == "h" else "ett_minute")
+        return "ratio"
+    long_enough = n_rows >= 20 * _ETT_HOUR_MONTH * (4 if by_freq == "ett_minute" else 1)
+    if synthetic:
+        return "ett_hour" if by_freq == "ett_hour" and long_enough else "ratio"
+    is_ett = columns is not None and set(ETT_COLUMNS) == {str(c) for c in columns}
+    return by_freq if is_ett and by_freq and long_enough else "ratio"
+
+
+@rank_zero_only
+def rank_zero_print(message: str) -> None:
+    """Print once per job (the split line), not once per process."""
+    print(message, flush=True)
 
 
 class WindowDataset(Dataset):
@@ -167,9 +194,10 @@ class ForecastingDataModule(ResumableDataModuleMixin):
         header: whether the file has a header row; None = the registry's value for
             registered datasets, else True. Headerless columns are named
             ``0, 1, ..., OT`` (the last is the target, as in the Autoformer release).
-        split: ``auto`` (ETT splits for ETTh*/ETTm* names, ``dates`` when
-            ``split_dates`` is given, else ratio), ``ett_hour``, ``ett_minute``,
-            ``ratio`` or ``dates``.
+        split: ``auto`` (``dates`` when ``split_dates`` is given, the ETT split of the
+            frequency for ETT data, else ``ratio``; see ``resolve_split``), ``ett_hour``,
+            ``ett_minute``, ``ratio`` or ``dates``. The chosen split and its row counts
+            are printed by ``setup``.
         ratios: train/val/test fractions for ``ratio`` (val takes the remainder).
         scale: z-score every channel with statistics of the training rows.
         freq: calendar-feature frequency (``h``, ``15min``, ``d``, ...) or ``auto``
@@ -233,27 +261,28 @@ class ForecastingDataModule(ResumableDataModuleMixin):
         self.header = header if header is not None else (info.header if info else True)
         self.date_column = date_column if self.header else None
         self.from_data = data is not None
-        if data is not None:
-            self.path = None
-            self._frame = frame_from_object(data, self.date_column)
-            preview = self._frame
-        elif path is None:
-            options = {"seed": seed, **(synthetic or {})}
-            self.path = None
-            self._frame = make_synthetic_series(**options)
-            preview = self._frame
+        self.path = None if path is None else resolve_dataset(path)
+        if path is None:
+            raw = frame_from_object(data, self.date_column) if data is not None else make_synthetic_series(
+                **{"seed": seed, **(synthetic or {})})
+            self._set_columns(raw)
+            self._frame = preview = self._prepare(raw)
         else:
-            self.path = resolve_dataset(path)
             preview = self._read(nrows=256)
-        self._set_columns(preview)
-        self.freq = canonical_freq(infer_freq(self._dates(preview)) if freq == "auto" else freq)
-        self.num_time_features = time_features(self._dates(preview.iloc[:1]), self.freq).shape[1]
+            self._set_columns(preview)
+        preview_dates = self._dates(preview).sort_values()
+        self.freq = canonical_freq(infer_freq(preview_dates) if freq == "auto" else freq)
+        steps = pd.Series(preview_dates).diff().dropna()
+        self.step = steps.mode().iloc[0] if len(steps) else None  # the usual spacing of the rows
+        self.num_time_features = time_features(preview_dates[:1], self.freq).shape[1]
         n_rows = len(self._frame) if self._frame is not None else 0
+        self.requested_split = split
         if split == "auto" and self.split_dates is not None:
             split = "dates"
         if split == "dates" and self.split_dates is None:
             raise ValueError("split='dates' needs split_dates=(val_start, test_start)")
-        self.split = resolve_split(split, self.path, n_rows)
+        self.split = resolve_split(split, self.path, n_rows, self.step, self.columns,
+                                   synthetic=path is None and data is None)
 
     # -- reading -------------------------------------------------------------
 
@@ -265,10 +294,73 @@ class ForecastingDataModule(ResumableDataModuleMixin):
             # Positional dates so that slices of the frame keep their own timestamps.
             start = pd.Timestamp(SYNTHETIC_START)
             return pd.DatetimeIndex(start + pd.to_timedelta(np.asarray(frame.index), unit="D"))
-        try:
-            return pd.DatetimeIndex(pd.to_datetime(frame[self.date_column]))
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{self._source()}: column {self.date_column!r} is not parseable as dates: {err}") from err
+        return parse_dates(frame[self.date_column], self._source())
+
+    def _row(self, row: int) -> str:
+        """``data row N`` (0-based), plus the line of a CSV file (its header is line 1)."""
+        csv = self.path is not None and str(self.path).lower().endswith((".csv", ".txt", ".csv.gz"))
+        return f"data row {row}" + (f" (line {row + 1 + int(self.header)} of the file)" if csv else "")
+
+    def _check_numeric(self, frame: pd.DataFrame) -> None:
+        """Every data cell must be a number (or empty); name the first one that is not."""
+        for column in self.columns:
+            if pd.api.types.is_numeric_dtype(frame[column]):
+                continue
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            bad = np.flatnonzero(numbers.isna().to_numpy() & frame[column].notna().to_numpy())
+            if len(bad):
+                raise ValueError(
+                    f"{self._source()}: column {column!r} has the non-numeric value {frame[column].iloc[bad[0]]!r} "
+                    f"at {self._row(int(bad[0]))} ({len(bad)} such cell(s)); correct or empty that cell "
+                    "(an empty cell is read as missing), or drop the column"
+                )
+            frame[column] = numbers
+
+    def _prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Check the full table: numeric cells, unique timestamps; sort by time; warn of irregular steps."""
+        frame.columns = [str(c) for c in frame.columns]
+        self._check_numeric(frame)
+        if self.date_column is None:
+            return frame
+        dates = self._dates(frame)
+        duplicated = np.flatnonzero(dates.duplicated(keep=False))
+        if len(duplicated):
+            first = dates[duplicated[0]]
+            rows = np.flatnonzero(dates == first)
+            raise ValueError(
+                f"{self._source()}: timestamp {first} occurs {len(rows)} times (at {self._row(int(rows[0]))} and "
+                f"data row(s) {rows[1:6].tolist()}; {len(duplicated)} rows share a timestamp in all); one row per "
+                "time step is needed: aggregate them (df.groupby('date').mean()) or drop them "
+                "(df.drop_duplicates('date'))"
+            )
+        frame = frame.copy()
+        frame[self.date_column] = dates
+        if not dates.is_monotonic_increasing:
+            first = int(np.flatnonzero(np.diff(dates.asi8) < 0)[0]) + 1
+            warnings.warn(
+                f"{self._source()}: timestamps are not in increasing order ({dates[first]} at {self._row(first)} "
+                f"comes after {dates[first - 1]}); the rows were sorted by {self.date_column!r}", stacklevel=3,
+            )
+            frame = frame.sort_values(self.date_column, kind="stable").reset_index(drop=True)
+            dates = pd.DatetimeIndex(frame[self.date_column])
+        self._warn_irregular(dates)
+        return frame
+
+    def _warn_irregular(self, dates: pd.DatetimeIndex) -> None:
+        if len(dates) < 3 or pd.infer_freq(dates) is not None:
+            return  # regular (calendar steps such as month ends included)
+        steps = pd.Series(dates).diff().iloc[1:]
+        common = steps.mode().iloc[0]
+        odd = np.flatnonzero((steps != common).to_numpy())
+        if len(odd):
+            row = int(odd[0]) + 1
+            warnings.warn(
+                f"{self._source()}: the time step is irregular: {len(odd)} of {len(steps)} steps differ from the "
+                f"usual {common} (the first at {self._row(row)}: {dates[row - 1]} -> {dates[row]}). Windows run "
+                f"over such gaps as if the rows were consecutive, and forecasts step by {common}. Resample to a "
+                f"regular grid first, e.g. df.set_index('date').asfreq('{pd.tseries.frequencies.to_offset(common).freqstr}') "
+                "with fill='interpolate'", stacklevel=4,
+            )
 
     def _source(self) -> str:
         if self.path is not None:
@@ -290,10 +382,8 @@ class ForecastingDataModule(ResumableDataModuleMixin):
             raise ValueError(
                 f"{self._source()}: target column {self.target!r} not found; available columns: {available}"
             )
-        non_numeric = [c for c in data_columns if not pd.api.types.is_numeric_dtype(frame[c])]
-        if non_numeric:
-            raise ValueError(f"{self._source()}: non-numeric data column(s) {non_numeric}; drop or convert them")
         self.columns = data_columns
+        self._check_numeric(frame)
         self.input_columns = [self.target] if self.features == "S" else data_columns
         self.output_columns = data_columns if self.features == "M" else [self.target]
         self.num_channels = len(self.input_columns)
@@ -303,7 +393,7 @@ class ForecastingDataModule(ResumableDataModuleMixin):
     def frame(self) -> pd.DataFrame:
         """The full table (dates + data columns, target last), unscaled."""
         if self._frame is None:
-            self._frame = self._read()
+            self._frame = self._prepare(self._read())
         columns = ([self.date_column] if self.date_column else []) + self.columns
         frame = self._frame
         frame.columns = [str(c) for c in frame.columns]
@@ -316,6 +406,7 @@ class ForecastingDataModule(ResumableDataModuleMixin):
         """``frame`` with sentinels and NaN filled per ``fill`` (or an error naming the first one)."""
         if self._clean is None:
             self._clean = fill_missing(self.frame, self.columns, self.fill, self.missing_values, self._source())
+            warn_sentinels(self._clean[self.columns], self._source())
         return self._clean
 
     @property
@@ -365,6 +456,8 @@ class ForecastingDataModule(ResumableDataModuleMixin):
         frame = self.clean_frame
         borders = self.borders()
         values = frame[self.input_columns].to_numpy(dtype=np.float64)
+        self._check_magnitude(values)
+        rank_zero_print(self.split_summary())
         if self.scale:
             train_start, train_stop = borders[0]
             self.scaler = StandardScaler().fit(values[train_start:train_stop])
@@ -381,6 +474,56 @@ class ForecastingDataModule(ResumableDataModuleMixin):
             self.datasets[name] = WindowDataset(
                 values[start:stop], marks[start:stop], self.seq_len, self.pred_len, outputs
             )
+
+    def _check_magnitude(self, values: np.ndarray) -> None:
+        """Values whose square overflows float64 break the scaler; name the column and row."""
+        limit = _MAX_ABS_VALUE if self.scale else float(np.finfo(np.float32).max)
+        too_big = np.abs(values) > limit
+        if too_big.any():
+            row, col = (int(i[0]) for i in np.nonzero(too_big))
+            raise ValueError(
+                f"{self._source()}: column {self.input_columns[col]!r} has the value {values[row, col]:.3g} at data "
+                f"row {row} (time order); values beyond {limit:.0e} overflow the scaler's float64 variance. Rescale "
+                "the column (change its units, e.g. divide by a power of ten) or drop it"
+            )
+
+    def split_summary(self) -> str:
+        """One line: the chosen split, why, and the rows of train/val/test (windows counted apart)."""
+        borders = self.borders()
+        rows = [borders[0][1], borders[1][1] - borders[0][1], borders[2][1] - borders[1][1]]
+        detail = {"ratio": "ratios " + "/".join(f"{r:g}" for r in self.ratios),
+                  "dates": f"dates {self.split_dates}", "ett_hour": "ETT 12/4/4 months of 30 days, hourly",
+                  "ett_minute": "ETT 12/4/4 months of 30 days, 15-minute"}[self.split]
+        why = "" if self.requested_split != "auto" else (
+            " (auto: ETT data)" if self.split.startswith("ett") else " (auto: not ETT data)")
+        dates = self.dates
+        step = pd.tseries.frequencies.to_offset(self.step).freqstr if self.step is not None else "?"
+        return (f"{self._source()}: split {self.split!r}{why}, {detail}, step {step}: train {rows[0]} rows, "
+                f"val {rows[1]}, test {rows[2]} of {len(dates)} ({dates[0]} to {dates[-1]})")
+
+    def series_state(self) -> dict[str, Any]:
+        """What ``Forecaster.from_checkpoint`` needs without the data, as tensors and strings only
+        (a weights-only load reads it): scaling, column names, the last lookback, the calendar."""
+        self.setup()
+        frame = self.clean_frame
+        dates = self.dates
+        as_tensor = lambda a: None if a is None else torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+        return {
+            "input_columns": list(self.input_columns), "output_columns": list(self.output_columns),
+            "mean": as_tensor(None if self.scaler is None else self.scaler.mean_),
+            "std": as_tensor(None if self.scaler is None else self.scaler.scale_),
+            "history": as_tensor(frame[self.input_columns].to_numpy(np.float64)[-self.seq_len :]),
+            "dates": [t.isoformat() for t in dates[-self.seq_len :]],
+            "step": str(pd.tseries.frequencies.to_offset(pandas_freq(dates)).freqstr),
+            "freq": self.freq, "num_time_features": self.num_time_features, "features": self.features,
+            "target": self.target,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "series": self.series_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "series"})
 
     def inverse_transform(self, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Undo the scaling of model outputs ``(..., C_out)`` (identity when ``scale=False``)."""

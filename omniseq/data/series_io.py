@@ -7,6 +7,7 @@ turned into one ``DataFrame`` with a date column followed by the data columns.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "FillMethod", "fill_missing", "frame_from_object", "load_xarray", "pandas_freq", "read_table", "table_kind",
+    "FillMethod", "SentinelWarning", "fill_missing", "find_sentinels", "frame_from_object", "load_xarray",
+    "pandas_freq", "parse_dates", "read_table", "table_kind",
 ]
 
 FillMethod = Literal["error", "interpolate", "ffill"]
@@ -178,10 +180,95 @@ def fill_missing(
 
 
 def pandas_freq(dates: pd.DatetimeIndex) -> pd.DateOffset | pd.Timedelta:
-    """The step between timestamps: pandas' inferred offset, else the median spacing."""
+    """The step between timestamps: pandas' inferred offset, else the most common spacing.
+
+    The most common spacing (not the median) keeps a regular series with a few gaps on
+    its own step, so the timestamps ``predict`` gives after it are the series' ones.
+    """
     if len(dates) < 2:
         raise ValueError(f"need at least 2 timestamps to know the step, got {len(dates)}")
     inferred = pd.infer_freq(dates[-min(len(dates), 1000):]) if len(dates) >= 3 else None
     if inferred is not None:
         return pd.tseries.frequencies.to_offset(inferred)
-    return pd.Series(dates).diff().median()
+    return pd.Series(dates).diff().dropna().mode().iloc[0]
+
+
+# Integer dates are read as epoch times in the unit their size implies (documented in the README).
+_EPOCH_UNITS = ((1e17, "ns"), (1e14, "us"), (1e11, "ms"), (1e8, "s"))
+
+
+def parse_dates(column: pd.Series, source: str) -> pd.DatetimeIndex:
+    """Timestamps from a date column: datetimes, date strings, or integer epoch times.
+
+    Integers are read as seconds, milliseconds, microseconds or nanoseconds since
+    1970 by their magnitude (1e8..1e11 s, ..1e14 ms, ..1e17 us, above ns), so epoch
+    seconds do not land in January 1970 as nanoseconds. Smaller integers are refused.
+    """
+    name = column.name
+    if pd.api.types.is_bool_dtype(column):
+        raise ValueError(f"{source}: date column {name!r} holds booleans, not dates")
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_datetime64_any_dtype(column):
+        values = column.to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            row = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(f"{source}: date column {name!r} is empty at data row {row}; every row needs a time")
+        if (values != np.round(values)).any():
+            raise ValueError(f"{source}: date column {name!r} holds fractional numbers, not epoch times; "
+                             "convert it to datetimes (pd.to_datetime(..., unit=...)) first")
+        unit_of = lambda v: next((u for limit, u in _EPOCH_UNITS if v >= limit), None)  # noqa: E731
+        unit = unit_of(float(np.abs(values).min()))
+        if unit is not None and unit != unit_of(float(np.abs(values).max())):
+            raise ValueError(f"{source}: date column {name!r} mixes epoch times of different units (s, ms, us, ns "
+                             "by size); convert it to datetimes first")
+        if unit is None:
+            raise ValueError(
+                f"{source}: date column {name!r} holds integers such as {int(values[0])}, too small to be epoch "
+                "seconds (>= 1e8, after 1973); convert it to datetimes first, e.g. "
+                "pd.to_datetime(df[col].astype(str), format='%Y%m%d') for YYYYMMDD"
+            )
+        return pd.DatetimeIndex(pd.to_datetime(values.astype(np.int64), unit=unit))
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(column))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: column {name!r} is not parseable as dates: {err}") from err
+
+
+class SentinelWarning(UserWarning):
+    """A column holds a repeated value far outside the rest of its values (like -9999)."""
+
+
+def find_sentinels(values: pd.DataFrame, fence: float = 20.0) -> list[tuple[str, float, int, float, float]]:
+    """Sentinel-like values: ``(column, value, count, median, spread)`` per suspicious column.
+
+    A value is sentinel-like when it is the column's minimum or maximum, occurs at
+    least twice, and lies more than ``fence`` interquartile ranges (the standard
+    deviation where the IQR is 0) from the median of the other values.
+    """
+    found = []
+    for name in values.columns:
+        column = values[name].to_numpy(dtype=np.float64)
+        column = column[np.isfinite(column)]
+        if len(column) < 20:
+            continue
+        for extreme in {float(column.min()), float(column.max())}:
+            count = int((column == extreme).sum())
+            rest = column[column != extreme]
+            if count < 2 or len(rest) < 10:
+                continue
+            q1, median, q3 = np.quantile(rest, [0.25, 0.5, 0.75])
+            spread = float(q3 - q1) or float(rest.std())
+            if spread > 0 and abs(extreme - median) > fence * spread:
+                found.append((str(name), extreme, count, float(median), spread))
+    return found
+
+
+def warn_sentinels(values: pd.DataFrame, source: str) -> None:
+    """Warn about each sentinel-like value, naming the column, the value, its count and the two fixes."""
+    for name, value, count, median, spread in find_sentinels(values):
+        warnings.warn(
+            f"{source}: column {name!r} holds the value {value:g} {count} times, far outside its other values "
+            f"(median {median:.4g}, spread {spread:.3g}); if it marks missing data, pass "
+            f"missing_values=[{value:g}] with fill='interpolate' or 'ffill', or clean the data before loading. "
+            "Left as is it is trained on as a real value and inflates the scaler.",
+            SentinelWarning, stacklevel=3,
+        )

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from omniseq.data import registry
-from omniseq.data.forecasting import ForecastingDataModule, resolve_split, split_borders
+from omniseq.data.forecasting import (
+    ETT_COLUMNS,
+    ForecastingDataModule,
+    resolve_split,
+    split_borders,
+)
 from omniseq.data.synthetic import make_synthetic_series
 from omniseq.domains.timeseries.time_features import time_features
 
@@ -50,8 +55,16 @@ def test_auto_split_by_file_name():
     assert resolve_split("auto", "/x/ETTh2.csv", 0) == "ett_hour"
     assert resolve_split("auto", "/x/ETTm1.csv", 0) == "ett_minute"
     assert resolve_split("auto", "/x/weather.csv", 0) == "ratio"
-    assert resolve_split("auto", None, 17420) == "ett_hour"
-    assert resolve_split("auto", None, 2000) == "ratio"
+    # In-memory data: ETT only when the columns are ETT's, the month length from the frequency.
+    hour, quarter = pd.Timedelta(hours=1), pd.Timedelta(minutes=15)
+    assert resolve_split("auto", None, 17420, hour) == "ratio"
+    assert resolve_split("auto", None, 17420, hour, columns=list(ETT_COLUMNS)) == "ett_hour"
+    assert resolve_split("auto", None, 69680, quarter, columns=list(ETT_COLUMNS)) == "ett_minute"
+    assert resolve_split("auto", None, 17420, quarter, columns=list(ETT_COLUMNS)) == "ratio"  # too short
+    assert resolve_split("auto", "/x/ETTh1_15min.csv", 0, quarter) == "ett_minute"  # the step decides
+    # The built-in synthetic series (hourly, ETTh1's length) keeps the hourly ETT split.
+    assert resolve_split("auto", None, 17420, hour, synthetic=True) == "ett_hour"
+    assert resolve_split("auto", None, 2000, hour, synthetic=True) == "ratio"
 
 
 # -- synthetic series -------------------------------------------------------------
