@@ -256,7 +256,10 @@ def test_old_forecaster_file_with_numpy_and_pandas_converts(tmp_path):
                           "a": np.sin(np.arange(120) / 5), "OT": np.cos(np.arange(120) / 7)})
     forecaster.fit(frame)
     old = tmp_path / "old_forecaster.pt"  # what earlier versions wrote: numpy and pandas objects pickled
-    torch.save({"config": forecaster.config, "meta": forecaster._meta,
+    meta = forecaster._meta  # now tensors and strings; the old form held numpy arrays and pandas dates
+    old_meta = {**meta, "history": meta["history"].numpy(), "mean": meta["mean"].numpy(), "std": meta["std"].numpy(),
+                "dates": pd.DatetimeIndex(meta["dates"]), "step": pd.tseries.frequencies.to_offset(meta["step"])}
+    torch.save({"config": forecaster.config, "meta": old_meta,
                 "state_dict": forecaster.task.backbone.state_dict(), KIND_KEY: "Forecaster"}, old)
     with pytest.raises(UnsafeFileError, match=r"old_forecaster\.pt holds Python objects.*omniseq convert"):
         Forecaster.load(old)
