@@ -13,6 +13,7 @@ FSDP wrapped per omniseq block (``omniseq.recipes.strategies``).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import lightning as L
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from omniseq.recipes.strategies import register_block_strategies
 
@@ -29,6 +30,16 @@ CONFIG_ROOT = Path(__file__).parent / "configs"
 
 def list_recipes() -> list[str]:
     return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIG_ROOT.rglob("*.yaml"))
+
+
+def _import_class(class_path: object) -> type | None:
+    """The class a config's ``class_path`` names (configs are code: LightningCLI imports it too)."""
+    module, _, name = str(class_path or "").rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return found if isinstance(found, type) else None
 
 
 def resolve_config(name: str) -> str:
@@ -84,8 +95,22 @@ def print_catalogue() -> None:
 class OmniseqCLI(LightningCLI):
     """LightningCLI that tests the best checkpoint right after ``fit``."""
 
+    def before_instantiate_classes(self) -> None:
+        # Settings that follow the data (channels, classes, crop) are filled into the model config
+        # by the task's `follow_data` hook, so a recipe states them once, under data.
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else self.config
+        model = section.get("model")
+        task = _import_class(model.get("class_path")) if hasattr(model, "get") else None
+        if hasattr(task, "follow_data"):
+            task.follow_data(section, subcommand)
+
     def after_fit(self) -> None:
         if self.trainer.fast_dev_run or not hasattr(self.datamodule, "test_dataloader"):
+            return
+        if not getattr(self.datamodule, "has_test_split", True):
+            rank_zero_info("omniseq: no test split in the data, so no test after fit (training images are "
+                           "never used as test images); add one to measure")
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         if isinstance(self.trainer.strategy, FSDPStrategy):

@@ -59,9 +59,12 @@ def test_cli_fit_test_predict_and_reload(tmp_path):
     task = SegmentationTask.load_from_checkpoint(best)
     assert task.backbone.encoder is not None
     main(["predict", *tiny_args(tmp_path), "--ckpt_path", str(best)])
-    overlays = sorted((tmp_path / "overlays").glob("overlay_*.png"))
-    assert overlays
-    assert np.asarray(Image.open(overlays[0])).shape == (64, 64, 3)
+    overlays = sorted((tmp_path / "overlays").glob("synthetic_*.png"))  # named after the test images
+    assert [p.stem for p in overlays] == ["synthetic_4", "synthetic_5"]
+    height, width, _ = np.asarray(Image.open(overlays[0])).shape
+    assert width == 64 and height > 64  # the image at its size, a legend below
+    with pytest.raises(FileExistsError, match=r"overlay\(s\) already exist, e\.g\. .*synthetic_4\.png"):
+        main(["predict", *tiny_args(tmp_path), "--ckpt_path", str(best)])
 
 
 @pytest.mark.slow
