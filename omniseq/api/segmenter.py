@@ -28,7 +28,8 @@ from omniseq.recipes.segmentation import (
 
 __all__ = ["Segmenter"]
 
-NET_CLASS_PATH = f"{SegmentationNet.__module__}.{SegmentationNet.__qualname__}"
+# The names a checkpoint may record for the network (never imported: the class is ours).
+NET_CLASS_PATHS = {"omniseq.domains.vision.SegmentationNet", f"{SegmentationNet.__module__}.SegmentationNet"}
 NET_OPTIONS = ("backbone", "num_classes", "in_chans", "head", "decoder_channels", "backbone_options")
 
 
@@ -90,7 +91,7 @@ class Segmenter:
         checkpoint = read_checkpoint(path)
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         net = hparams.get("backbone")
-        if not isinstance(net, dict) or net.get("class_path") != NET_CLASS_PATH:
+        if not isinstance(net, dict) or net.get("class_path") not in NET_CLASS_PATHS:
             raise ValueError(
                 f"{path}: not a checkpoint of SegmentationTask with a SegmentationNet written by `omniseq fit` "
                 f"(its backbone is recorded as {net.get('class_path') if isinstance(net, dict) else net!r}); "

@@ -178,10 +178,18 @@ def follow_data(config: Any, subcommand: str | None) -> None:
     model, data = _get(config, "model"), _get(config, "data")
     if data is None or model is None or not _is_subclass(_get(data, "class_path"), SegmentationDataModule):
         return
+    data_args, args = _get(data, "init_args"), _get(model, "init_args")
     if subcommand in ("test", "predict", "validate") and _get(config, "ckpt_path"):
+        # The model is the checkpoint's: the data takes its classes where it states none.
+        count, names = _get(data_args, "num_classes"), _get(data_args, "class_names")
+        if names is None and count in (None, args.num_classes):
+            names = args.class_names
+        data_args.class_names = names
+        data_args.num_classes = count if count is not None else len(names) if names else args.num_classes
         return
-    dm = SegmentationDataModule(**_plain(_get(data, "init_args")))
-    args = _get(model, "init_args")
+    dm = SegmentationDataModule(**_plain(data_args))
+    # Both resolved in the config, so the hparams Lightning logs for data and model agree.
+    data_args.num_classes, data_args.class_names = dm.num_classes, dm.class_names
     args.num_classes, args.ignore_index, args.class_names = dm.num_classes, dm.ignore_index, dm.class_names
     crop = list(dm.crop_size)
     window = _get(args, "window")
