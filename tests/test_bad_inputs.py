@@ -38,7 +38,7 @@ from omniseq.domains.vision import SegmentationNet
 from omniseq.recipes.checkpoints import CheckpointMismatchError
 from omniseq.recipes.cli import main
 from omniseq.recipes.forecasting import ForecastingTask
-from omniseq.recipes.segmentation import SegmentationTask
+from omniseq.recipes.segmentation import OverlayWriter, SegmentationTask
 
 RATE = 8000
 QUIET = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu"}
@@ -273,12 +273,12 @@ def test_segmenter_predict_inputs(segmenter, image, error, match):
 
 def test_overlays_of_a_nan_image_are_not_written(tmp_path, segmenter):
     out = tmp_path / "overlays"
-    task = SegmentationTask(segmenter.task.backbone, predict_dir=str(out))
+    task = SegmentationTask(segmenter.task.backbone)
     good, bad = torch.zeros(1, 32, 32), torch.zeros(1, 32, 32)
     bad[0, 5, 6] = float("nan")
     loader = torch.utils.data.DataLoader([{"image": good, "index": 0}, {"image": bad, "index": 1}], batch_size=2)
     with pytest.raises(ValueError, match=r"batch 0 has NaN or infinite pixel values \(first at .* \(1, 0, 5, 6\)\)"):
-        L.Trainer(**QUIET).predict(task, dataloaders=loader)
+        L.Trainer(**QUIET, callbacks=[OverlayWriter(str(out))]).predict(task, dataloaders=loader)
     assert files_in(out) == []
 
 

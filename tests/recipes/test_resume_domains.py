@@ -53,8 +53,8 @@ def test_segmentation_resumes_exactly(tmp_path):
     args = recipe(
         "segmentation/demo_synthetic_vig", "--trainer.max_epochs", "2",
         "--data.synthetic", "{n: 6, size: 48}", "--data.crop_size", "[32, 32]", "--data.samples_per_epoch", "12",
-        "--data.batch_size", "2", "--data.elastic", "true", "--model.window", "[48, 48]",
-        "--model.backbone.backbone_options", "{depth: 2, img_size: 48}",
+        "--data.batch_size", "2", "--data.elastic", "true",
+        "--model.backbone.backbone_options", "{depth: 2}",  # window and img_size follow the 32x32 crop
     )
     metrics = assert_resume_is_exact(tmp_path, args, kill_step=10, checkpoint_every=4)
     assert {"val/miou", "test/miou", "test/dice"} <= set(metrics)

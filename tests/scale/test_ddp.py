@@ -135,8 +135,8 @@ def test_ddp_validate_of_mlm_perplexity_is_exact(tmp_path):
 DOMAINS = {
     "segmentation": [
         "--config", "segmentation/demo_synthetic_vig",
-        "--data.synthetic", "{n: 8, size: 32}",  # 5 training images, 3 validation, 5 test
-        "--data.train_indices", "0-4", "--data.val_indices", "5-7", "--data.test_indices", "3-7",
+        "--data.synthetic", "{n: 10, size: 32}",  # 5 training images, 3 validation, 5 test (none trained on)
+        "--data.train_indices", "0-4", "--data.val_indices", "5-7", "--data.test_indices", "5-9",
         "--data.crop_size", "[32, 32]", "--data.augment", "false", "--data.samples_per_epoch", "12",
         "--model.backbone.backbone_options", "{depth: 2, img_size: 32}", "--model.window", "[32, 32]",
         "--model.dice_weight", "0.0",  # Dice pools over the batch: not a mean of per-rank values

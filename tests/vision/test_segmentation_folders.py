@@ -82,7 +82,10 @@ def test_datamodule_reads_per_split_folders(tmp_path):
 def test_fit_on_folders_then_from_checkpoint_and_cli_predict(tmp_path):
     data, run = tmp_path / "mydata", tmp_path / "run"
     images = write_dataset(data, {"train": 3, "val": 2, "test": 2})
-    main(["fit", *cli_args(data, run)])
+    my_data = tmp_path / "my_data.yaml"  # as in the README: the data stated once, in a YAML of one's own
+    my_data.write_text(f"data:\n  init_args:\n    root: {data}\n    class_names: [{', '.join(CLASSES)}]\n"
+                       "    ignore_index: 255\n    crop_size: [32, 32]\n")
+    main(["fit", "--config", "segmentation/folders_vig_tiny", "--config", str(my_data), *cli_args(data, run)[8:]])
 
     # The stored normalisation is the training images' own (the oracle: numpy over train/).
     train_pixels = np.concatenate([im.reshape(-1, 3) for im in images["train"]]) / 255.0
