@@ -5,7 +5,10 @@ a chronological split by whole days (21 / 5 / 5 days of January 2017), val and
 test windows starting ``seq_len`` steps early so the first target is the first
 step of the split, a per-variable z-score fitted on the training land cells, and
 cells without data (sea: NaN at every step) set to 0 and carried as a mask that
-the task uses to leave them out of the loss and the metrics. The grid is sorted
+the task uses to leave them out of the loss and the metrics. The mask follows the
+data by default, or comes from a variable or a file (``mask=``). Each window also
+carries the climatology of its targets: the mean of the training steps at the same
+time of day (a diurnal mean), the baseline ``omniseq test`` prints beside persistence. The grid is sorted
 to ascending latitude and longitude, so files stored north-up or south-up give
 the same tensors.
 """
@@ -27,7 +30,10 @@ from omniseq.data.registry import DatasetInfo, get_dataset_info, register_datase
 from omniseq.data.series_io import load_xarray, table_kind
 from omniseq.data.synthetic import make_synthetic_grid
 
-__all__ = ["WFDE5_FILES", "GridWindowDataset", "GriddedDataModule", "open_grid", "split_by_days"]
+__all__ = [
+    "WFDE5_FILES", "GridWindowDataset", "GriddedDataModule", "grid_channel_count", "open_grid", "select_variables",
+    "split_by_days",
+]
 
 _WFDE5_URL = "https://github.com/unifhy-org/unifhy/raw/main/data/"
 WFDE5_FILES = {
@@ -109,12 +115,50 @@ def split_by_days(dates: pd.DatetimeIndex, seq_len: int, days: Sequence[int]) ->
     return [(0, ends[0]), (ends[0] - seq_len, ends[1]), (ends[1] - seq_len, ends[2])]
 
 
-class GridWindowDataset(Dataset):
-    """Windows ``x (seq_len, C, H, W)``, ``y (pred_len, C_out, H, W)`` and the land ``mask (H, W)``."""
+def select_variables(
+    dataset, variables: Sequence[str] | None, targets: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
+    """``(inputs, targets)``: the gridded ``(time, lat, lon)`` variables chosen, targets first."""
+    time, lat, lon = _spatial_dims(dataset)
+    available = [str(v) for v, da in dataset.data_vars.items() if set(da.dims) == {time, lat, lon}]
+    chosen = list(variables) if variables is not None else available
+    outputs = list(targets) if targets is not None else chosen
+    missing = [v for v in {*chosen, *outputs} if v not in available]
+    if missing:
+        raise ValueError(f"variable(s) {missing} not found; gridded (time, lat, lon) variables: {available}")
+    if not chosen:
+        raise ValueError(f"no gridded (time, lat, lon) variable in the data; its variables: {list(dataset.data_vars)}")
+    return outputs + [v for v in chosen if v not in outputs], outputs
 
-    def __init__(self, frames: torch.Tensor, mask: torch.Tensor, seq_len: int, pred_len: int, num_outputs: int):
+
+_COUNT_CACHE: dict[str, tuple[int, int]] = {}
+
+
+def grid_channel_count(data_args: dict[str, Any], which: str = "inputs") -> int:
+    """How many input (or ``which="targets"``) channels the DataModule built from ``data_args``
+    (its ``init_args``) has: what the recipes' ``${grid_channels:...}`` writes into the backbone."""
+    if which not in ("inputs", "targets"):
+        raise ValueError(f"grid_channels: which must be 'inputs' or 'targets', got {which!r}")
+    key = repr(sorted(data_args.items()))
+    if key not in _COUNT_CACHE:
+        source = data_args.get("path")
+        dataset = open_grid(source) if source is not None else make_synthetic_grid(
+            seed=data_args.get("seed", 0), **(data_args.get("synthetic") or {}))
+        inputs, outputs = select_variables(dataset, data_args.get("variables"), data_args.get("targets"))
+        _COUNT_CACHE[key] = (len(inputs), len(outputs))
+    return _COUNT_CACHE[key][0 if which == "inputs" else 1]
+
+
+class GridWindowDataset(Dataset):
+    """Windows ``x (seq_len, C, H, W)``, ``y (pred_len, C_out, H, W)``, the land ``mask (H, W)`` and,
+    given ``climatology (K, C_out, H, W)`` and each step's row ``keys`` into it, the target steps'
+    ``climatology (pred_len, C_out, H, W)``."""
+
+    def __init__(self, frames: torch.Tensor, mask: torch.Tensor, seq_len: int, pred_len: int, num_outputs: int,
+                 climatology: torch.Tensor | None = None, keys: torch.Tensor | None = None):
         self.frames, self.mask = frames, mask
         self.seq_len, self.pred_len, self.num_outputs = seq_len, pred_len, num_outputs
+        self.climatology, self.keys = climatology, keys
 
     def __len__(self) -> int:
         return max(len(self.frames) - self.seq_len - self.pred_len + 1, 0)
@@ -123,8 +167,11 @@ class GridWindowDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
         mid = index + self.seq_len
-        return {"x": self.frames[index:mid], "y": self.frames[mid : mid + self.pred_len, : self.num_outputs],
+        item = {"x": self.frames[index:mid], "y": self.frames[mid : mid + self.pred_len, : self.num_outputs],
                 "mask": self.mask}
+        if self.climatology is not None:
+            item["climatology"] = self.climatology[self.keys[mid : mid + self.pred_len]]
+        return item
 
 
 class GriddedDataModule(ResumableDataModuleMixin):
@@ -139,6 +186,10 @@ class GriddedDataModule(ResumableDataModuleMixin):
         variables: input variables (all data variables when None), in this order.
         targets: forecast variables (default: all inputs); moved to the front of the inputs.
         seq_len, pred_len: input and output frames.
+        mask: the cells to learn and score: None = those with data at every step for every
+            variable (sea cells of land-only data drop out); ``"none"`` = every cell (the data
+            must then have no NaN); a variable of the data or a NetCDF file with one 2D
+            variable (cells where it is finite and non-zero).
         split_days: chronological ``(train, val, test)`` day counts.
         batch_size, num_workers, seed: loader settings (seeded, resumable shuffle).
         synthetic: options of ``make_synthetic_grid`` when there is no path or data.
@@ -158,6 +209,7 @@ class GriddedDataModule(ResumableDataModuleMixin):
         seed: int = 0,
         synthetic: dict | None = None,
         data: Any = None,
+        mask: str | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("seq_len", seq_len), ("pred_len", pred_len), ("batch_size", batch_size)):
@@ -170,34 +222,86 @@ class GriddedDataModule(ResumableDataModuleMixin):
             raise ValueError("give either path or data, not both")
         source = data if data is not None else path
         dataset = open_grid(source) if source is not None else make_synthetic_grid(seed=seed, **(synthetic or {}))
-        self._load(dataset, variables, targets)
+        self._load(dataset, variables, targets, mask)
         self.datasets: dict[str, GridWindowDataset] = {}
 
-    def _load(self, dataset, variables: Sequence[str] | None, targets: Sequence[str] | None) -> None:
+    def _load(self, dataset, variables: Sequence[str] | None, targets: Sequence[str] | None, mask: str | None) -> None:
         time, lat, lon = _spatial_dims(dataset)
         dataset = dataset.sortby([time, lat, lon])  # either latitude order gives the same grid
-        available = [str(v) for v, da in dataset.data_vars.items() if set(da.dims) == {time, lat, lon}]
-        chosen = list(variables) if variables is not None else available
-        outputs = list(targets) if targets is not None else chosen
-        missing = [v for v in {*chosen, *outputs} if v not in available]
-        if missing:
-            raise ValueError(f"variable(s) {missing} not found; gridded (time, lat, lon) variables: {available}")
-        chosen = outputs + [v for v in chosen if v not in outputs]
+        chosen, outputs = select_variables(dataset, variables, targets)
         values = np.stack([dataset[v].transpose(time, lat, lon).to_numpy().astype(np.float64) for v in chosen], 1)
-        finite = np.isfinite(values)
-        self.mask = torch.as_tensor(finite.all(axis=(0, 1)), dtype=torch.float32)
-        if self.mask.sum() == 0:
-            raise ValueError("no grid cell has data at every step for every variable")
+        land = self._land_mask(dataset, values, mask, chosen, (time, lat, lon))
+        self.mask = torch.as_tensor(land, dtype=torch.float32)
         self.variables, self.targets = chosen, outputs
         self.num_channels, self.num_output_channels = len(chosen), len(outputs)
         self.dates = pd.DatetimeIndex(dataset[time].to_numpy())
         self.lat, self.lon = dataset[lat].to_numpy(), dataset[lon].to_numpy()
         self.borders = split_by_days(self.dates, self.seq_len, self.split_days)
-        land = self.mask.numpy().astype(bool)
         train = values[self.borders[0][0] : self.borders[0][1]][:, :, land]  # (T, C, cells)
         self.mean, self.std = train.mean(axis=(0, 2)), train.std(axis=(0, 2)) + 1e-12
         scaled = (values - self.mean[None, :, None, None]) / self.std[None, :, None, None]
         self.frames = torch.as_tensor(np.where(land, scaled, 0.0), dtype=torch.float32)
+        self._fit_climatology()
+
+    def _land_mask(self, dataset, values: np.ndarray, mask: str | None, chosen: list[str], dims) -> np.ndarray:
+        """Boolean ``(H, W)`` of the cells to use; every value on them must be finite."""
+        finite = np.isfinite(values)
+        if mask is None:
+            land = finite.all(axis=(0, 1))
+            if not land.any():
+                raise ValueError("no grid cell has data at every step for every variable; give mask= to choose cells")
+            return land
+        time, lat, lon = dims
+        if str(mask).lower() == "none":
+            land = np.ones(values.shape[-2:], dtype=bool)
+        else:
+            source = dataset if mask in dataset.variables else open_grid(mask) if Path(mask).exists() else None
+            if source is None:
+                raise ValueError(f"mask {mask!r} is neither a variable of the data ({list(dataset.data_vars)}) nor "
+                                 "an existing file; give a variable name, a NetCDF file, 'none', or leave it unset")
+            name = mask if source is dataset else self._only_2d_variable(source, mask)
+            field = source[name]
+            if time in field.dims:
+                field = field.isel({time: 0})
+            if set(field.dims) != {lat, lon} or (field.sizes[lat], field.sizes[lon]) != values.shape[-2:]:
+                raise ValueError(f"mask {mask!r} must be a ({lat}, {lon}) field on the data's grid of "
+                                 f"{values.shape[-2:]} cells, got dims {dict(field.sizes)}")
+            field = field.sortby([lat, lon])
+            grid = field.transpose(lat, lon).to_numpy().astype(np.float64)
+            land = np.isfinite(grid) & (grid != 0)
+        bad = ~finite & land[None, None]
+        if bad.any():
+            t, c, i, j = (int(k[0]) for k in np.nonzero(bad))
+            raise ValueError(
+                f"variable {chosen[c]!r} is NaN/inf at {time}={self._date(dataset, time, t)}, cell ({lat} index {i}, "
+                f"{lon} index {j}), inside mask {mask!r} ({int(bad.any(axis=(0, 1)).sum())} such cell(s)); leave "
+                "those cells out of the mask, or fill the data first"
+            )
+        return land
+
+    @staticmethod
+    def _date(dataset, time: str, t: int) -> str:
+        return str(pd.Timestamp(dataset[time].to_numpy()[t]))
+
+    @staticmethod
+    def _only_2d_variable(source, path: str) -> str:
+        candidates = [str(v) for v, da in source.data_vars.items() if da.ndim >= 2]
+        if len(candidates) != 1:
+            raise ValueError(f"mask file {path} must hold one gridded variable, it holds {candidates}; "
+                             "give the variable's name instead (after merging it into the data)")
+        return candidates[0]
+
+    def _fit_climatology(self) -> None:
+        """Diurnal mean of the targets over the training steps, per time of day (normalised units)."""
+        minute = np.asarray(self.dates.hour * 60 + self.dates.minute)
+        train = slice(self.borders[0][0], self.borders[0][1])
+        targets = self.frames[:, : self.num_output_channels]
+        seen = np.unique(minute[train])
+        rows = [targets[train][torch.as_tensor(minute[train] == m)].mean(0) for m in seen]
+        rows.append(targets[train].mean(0))  # for a time of day the training split never has
+        self.climatology = torch.stack(rows)
+        lookup = {int(m): k for k, m in enumerate(seen)}
+        self.climatology_keys = torch.as_tensor([lookup.get(int(m), len(seen)) for m in minute])
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -209,7 +313,8 @@ class GriddedDataModule(ResumableDataModuleMixin):
                     f"seq_len={self.seq_len} + pred_len={self.pred_len}"
                 )
             self.datasets[name] = GridWindowDataset(
-                self.frames[start:stop], self.mask, self.seq_len, self.pred_len, self.num_output_channels
+                self.frames[start:stop], self.mask, self.seq_len, self.pred_len, self.num_output_channels,
+                self.climatology, self.climatology_keys[start:stop],
             )
 
     def inverse_transform(self, values: torch.Tensor) -> torch.Tensor:

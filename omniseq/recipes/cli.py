@@ -148,6 +148,9 @@ class OmniseqCLI(LightningCLI):
 
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)  # no lost last.ckpt when a run is killed mid-write
+        if trainer.fast_dev_run:  # Lightning's save_last at train end ignores fast_dev_run: no dev-run last.ckpt
+            for callback in trainer.checkpoint_callbacks:
+                callback.save_last = False
         return trainer
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
@@ -160,7 +163,10 @@ class OmniseqCLI(LightningCLI):
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    from omniseq.recipes.spatiotemporal import register_config_resolvers
+
     register_block_strategies()  # --trainer.strategy fsdp_blocks[_checkpointed]
+    register_config_resolvers()  # ${grid_channels:${data.init_args}}: channels that follow the data
     # Recipes write `${data.init_args.seq_len}`; under a subcommand the config
     # sits below `fit.`/`test.`, so absolute paths are read relative to it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)

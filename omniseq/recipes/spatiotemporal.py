@@ -12,7 +12,8 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
 
-__all__ = ["SpatiotemporalTask", "masked_values"]
+__all__ = ["SpatiotemporalTask", "lead_table", "masked_by_lead", "masked_values", "register_config_resolvers"]
+BASELINES = ("model", "persistence", "climatology")
 
 
 def masked_values(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,12 +28,49 @@ def masked_values(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) 
     return pred[keep], target[keep]
 
 
+def _grid_channels(data_args, which: str = "inputs") -> int:
+    from omegaconf import OmegaConf
+
+    from omniseq.data.gridded import grid_channel_count
+
+    return grid_channel_count(OmegaConf.to_container(data_args, resolve=True), which)
+
+
+def register_config_resolvers() -> None:
+    """``${grid_channels:${data.init_args}}`` (and ``...,targets}``) in a recipe: the input (target)
+    channel count of the GriddedDataModule those arguments build, so backbones follow the data."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("grid_channels"):
+        OmegaConf.register_resolver("grid_channels", _grid_channels)
+
+
+def masked_by_lead(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, T)`` entries of ``pred``/``target`` ``(B, T, C, H, W)`` on the masked cells, one column per lead."""
+    masked_values(pred, target, mask)  # shape checks
+    keep = mask.bool()[:, None].expand(pred.shape[0], *pred.shape[2:])  # (B, C, H, W)
+    return pred.permute(0, 2, 3, 4, 1)[keep], target.permute(0, 2, 3, 4, 1)[keep]
+
+
+def lead_table(scores: dict[str, torch.Tensor], step: str = "step") -> str:
+    """Per-lead MSE of the model and the baselines as a text table (the last row: all leads)."""
+    names = list(scores)
+    lines = [f"{'lead':>6} " + " ".join(f"{n:>12}" for n in names)]
+    for k in range(len(next(iter(scores.values())))):
+        lines.append(f"{f'+{k + 1}':>6} " + " ".join(f"{scores[n][k].item():12.4f}" for n in names))
+    lines.append(f"{'all':>6} " + " ".join(f"{scores[n].mean().item():12.4f}" for n in names))
+    return f"test MSE per lead time ({step}s ahead; normalised units, masked cells):\n" + "\n".join(lines)
+
+
 class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
     """Fit a frame forecaster ``(B, T, C, H, W) -> (B, pred_len, C_out, H, W)``.
 
     Loss and metrics use only cells whose ``mask`` is 1 (land in WFDE5). Metrics,
     in normalised units: ``mse``/``mae`` over every lead time, ``mse_last`` at the
-    last lead time (the 24 h horizon in the 24 h recipe).
+    last lead time (the 24 h horizon in the 24 h recipe). ``test`` also scores two
+    baselines, persistence (the last input frame repeated) and climatology (the
+    training split's diurnal mean, from the DataModule), logs ``mse_persistence`` and
+    ``mse_climatology``, and prints the MSE of all three per lead time.
 
     Args:
         backbone: e.g. ``omniseq.backbones.convs5.ConvS5`` or ``ConvLSTM``.
@@ -59,7 +97,9 @@ class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_last = MeanSquaredError()
+        self.test_baselines = nn.ModuleDict({n: MeanSquaredError() for n in BASELINES[1:]})
         self.val_loss = MeanMetric()
+        self.lead_metrics: nn.ModuleDict | None = None  # per-lead MSE, sized at the first test batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -83,6 +123,17 @@ class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
         self.val_metrics.update(p, t)
         self.log_dict(self.val_metrics)
 
+    def on_test_start(self) -> None:
+        trainer = self.trainer
+        if trainer.ckpt_path is None and trainer.global_step == 0 and not trainer.fast_dev_run:
+            raise ValueError(
+                "SpatiotemporalTask: testing an untrained model; pass the checkpoint to test, e.g. `omniseq test "
+                "--config <recipe> --ckpt_path runs/<recipe>/checkpoints/best.ckpt` (or fit first)"
+            )
+
+    def on_test_epoch_start(self) -> None:
+        self.lead_metrics = None
+
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         pred, p, t = self._shared(batch)
         self.test_metrics.update(p, t)
@@ -90,6 +141,26 @@ class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
         last_p, last_t = masked_values(pred[:, -1:], batch["y"][:, -1:], batch["mask"])
         self.test_last.update(last_p, last_t)
         self.log("test/mse_last", self.test_last)
+        y, num_out = batch["y"], batch["y"].shape[2]
+        forecasts = {"model": pred, "persistence": batch["x"][:, -1:, :num_out].expand_as(y)}
+        if "climatology" in batch:
+            forecasts["climatology"] = batch["climatology"]
+        if self.lead_metrics is None:
+            self.lead_metrics = nn.ModuleDict(
+                {n: MeanSquaredError(num_outputs=y.shape[1]) for n in forecasts}).to(self.device)
+        for name, forecast in forecasts.items():
+            by_lead_p, by_lead_t = masked_by_lead(forecast, y, batch["mask"])
+            self.lead_metrics[name].update(by_lead_p, by_lead_t)
+            if name != "model":
+                self.test_baselines[name].update(by_lead_p.flatten(), by_lead_t.flatten())
+                self.log(f"test/mse_{name}", self.test_baselines[name])
+
+    def on_test_epoch_end(self) -> None:
+        if self.lead_metrics is None:
+            return
+        self.lead_scores = {name: metric.compute().detach().cpu() for name, metric in self.lead_metrics.items()}
+        if self.trainer.is_global_zero:
+            print(lead_table(self.lead_scores), flush=True)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["x"])
