@@ -98,6 +98,9 @@ class Segmenter:
                 "load it with SegmentationTask.load_from_checkpoint(path, backbone=...)"
             )
         options = {k: v for k, v in (net.get("init_args") or {}).items() if k in NET_OPTIONS}
+        # The checkpoint holds the fine-tuned weights: the pretrained ones it started from are not read.
+        options["backbone_options"] = {k: v for k, v in (options.get("backbone_options") or {}).items()
+                                       if k not in ("pretrained", "pretrained_cfg_overlay")}
         seg = cls(
             options.pop("backbone"), window=hparams.get("window"), lr=hparams.get("lr", 1e-3),
             ignore_index=hparams.get("ignore_index", 255), class_names=hparams.get("class_names"), **options,

@@ -111,6 +111,11 @@ def test_fit_on_folders_then_from_checkpoint_and_cli_predict(tmp_path):
     for shape in [(37, 53), (1, 1)]:
         picture = (np.random.default_rng(1).random((*shape, 3)) * 255).astype(np.uint8)
         assert seg.predict(picture).shape == shape
+    import matplotlib
+
+    matplotlib.use("Agg")
+    legend = seg.plot(picture).get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["0 background", "1 square", "2 disc"]
 
     # `omniseq predict` on another folder (no train/ there to recompute anything from) writes
     # <its default_root_dir>/overlays/<image>.png, equal to what Segmenter predicts.

@@ -56,8 +56,10 @@ class SegmentationNet(nn.Module):
         if head not in ("unetr", "upernet"):
             raise ValueError(f"head must be 'unetr' or 'upernet', got {head!r}")
         options = dict(backbone_options or {})
-        with torch.device("meta"):  # only the architecture is read from the probe
-            probe = timm.create_model(backbone, in_chans=in_chans, num_classes=0, **options)
+        # Only the architecture is read from the probe: no weights are loaded (or downloaded) for it.
+        architecture = {k: v for k, v in options.items() if k not in ("pretrained", "pretrained_cfg_overlay")}
+        with torch.device("meta"):
+            probe = timm.create_model(backbone, in_chans=in_chans, num_classes=0, **architecture)
         self.plain = hasattr(probe, "blocks")
         self.ndim = probe.patch_embed.ndim
         indices = _plain_indices(len(probe.blocks)) if self.plain else tuple(range(len(probe.layers)))
