@@ -200,7 +200,11 @@ def follow_data(config: Any, subcommand: str | None) -> None:
     backbone = _get(_get(args, "backbone"), "init_args")
     if backbone is None or _get(backbone, "in_chans", "absent") == "absent":
         return
-    backbone.in_chans, backbone.num_classes = dm.probe_channels(), dm.num_classes
+    backbone.num_classes = dm.num_classes
+    try:
+        backbone.in_chans = dm.probe_channels()
+    except FileNotFoundError:
+        pass  # data not there (yet): building the config still works, and fit names the missing folder
     options = dict(_plain(_get(backbone, "backbone_options")) or {})
     if "img_size" in options:
         given = [options["img_size"]] * len(crop) if isinstance(options["img_size"], int) else list(options["img_size"])
