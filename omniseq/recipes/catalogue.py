@@ -43,6 +43,7 @@ TASKS = {
     "separation": "omniseq.recipes.separation.SeparationTask",
     "dna_pretrain": "omniseq.recipes.genomics.DNAPretrainTask",
     "sequence_classification": "omniseq.recipes.genomics.SequenceClassificationTask",
+    "genome_annotation": "omniseq.recipes.genome_annotation.GenomeAnnotationTask",
 }
 
 DATAMODULES = {
@@ -52,6 +53,7 @@ DATAMODULES = {
     "separation_data": "omniseq.data.separation.SeparationDataModule",
     "genome_pretrain_data": "omniseq.data.genomics.GenomePretrainDataModule",
     "sequence_classification_data": "omniseq.data.genomics.SequenceClassificationDataModule",
+    "genome_annotation_data": "omniseq.data.genome_annotation.GenomeAnnotationDataModule",
 }
 
 

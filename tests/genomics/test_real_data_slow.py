@@ -92,3 +92,30 @@ def test_tokenizer_on_whole_chromosome_is_exact():
     ids = NucleotideTokenizer().encode(seq)
     counts = np.bincount(ids, minlength=10)[5:9]
     assert counts.tolist() == [1_142_742, 1_180_091, 1_177_437, 1_141_382]  # A C G T (README)
+
+
+def test_ecoli_gff_labels_match_known_genes():
+    shared_dataset("ecoli_k12_genome/GCF_000005845.2_ASM584v2_genomic.gff.gz")
+    from omniseq.data.genome_annotation import GenomeAnnotationDataModule
+
+    data = GenomeAnnotationDataModule(train_windows=16)
+    data.setup()
+    ids, labels = data.datasets["train"].blocks[0]
+    bases = NucleotideTokenizer().decode(ids[:7000])
+    # thrL: CDS 190..255 on +, starting ATG; yaaA: CDS 5683..6459 on -, its start codon read as CAT.
+    assert bases[189:192] == "ATG" and labels[188] == 0 and set(labels[189:255]) == {1} and labels[255] == 0
+    assert bases[6456:6459] == "CAT" and set(labels[5682:6459]) == {2}
+    coding = np.isin(labels, [1, 2]).mean()
+    assert 0.8 < coding < 0.92  # E. coli is ~88% coding
+    assert [r[1:] for s in ("val", "test") for r in data.regions[s]] == [(3_945_404, 4_177_487), (4_177_487, 4_641_652)]
+
+
+def test_ecoli_gff_recipe_runs_and_reports_per_class_f1(tmp_path):
+    shared_dataset("ecoli_k12_genome/GCF_000005845.2_ASM584v2_genomic.gff.gz")
+    result = _cli("fit", "--config", "genomics/ecoli_gff_cds", "--trainer.max_steps", "4",
+                  "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "2",
+                  "--trainer.limit_test_batches", "2", "--trainer.default_root_dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = pd.concat(pd.read_csv(f) for f in tmp_path.glob("logs/*/metrics.csv"))
+    for name in ("intergenic", "cds_plus", "cds_minus", "noncoding_gene", "macro"):
+        assert metrics[f"test/f1_{name}"].notna().any(), name
