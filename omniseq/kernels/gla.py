@@ -49,6 +49,8 @@ _FACTOR_SPAN = {torch.float32: 60.0, torch.float64: 600.0}
 # Largest |cumulative log gate| within a chunk that an fp32 sum holds to ~4e-6 absolute
 # error (its ulp at 32), on par with the matmuls; beyond it the gates are summed in float64.
 _NARROW_GATE_SUM = {torch.float32: 32.0}
+# Log gates are clamped here: exp(-1000) is exactly 0 in fp16/bf16/fp32/fp64 (a gate of 0).
+_GATE_FLOOR = -1000.0
 
 
 def _check_inputs(
@@ -117,6 +119,8 @@ def gated_linear_attention_recurrent(
     B, L, H, K = q.shape
     V = v.shape[-1]
     dtype = _compute_dtype(q, k, v, g, initial_state)
+    if 0 in (B, H, K, V):
+        return _empty_result(q, v, initial_state, dtype)
     scale = K**-0.5 if scale is None else scale
     if initial_state is None:
         state = torch.zeros(B, H, K, V, dtype=dtype, device=q.device)
@@ -134,6 +138,16 @@ def gated_linear_attention_recurrent(
 
 
 gated_linear_attention_reference = gated_linear_attention_recurrent
+
+
+def _empty_result(
+    q: torch.Tensor, v: torch.Tensor, initial_state: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and state when B, H, K or V is 0: zeros (a sum over an empty K is 0)."""
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    state = torch.zeros(B, H, K, V, dtype=dtype, device=q.device) if initial_state is None else initial_state.to(dtype)
+    return q.new_zeros(B, L, H, V), state
 
 
 @own_precision
@@ -156,6 +170,9 @@ def gated_linear_attention(
     "triton"``; Triton dispatches to ``omniseq.kernels.triton.gla``).
     """
     backend = resolve_backend(backend, q, k, v, g)
+    # A gate of 0 (log gate -inf) is legal; its cumulative sums would give -inf - -inf = NaN.
+    # Below _GATE_FLOOR exp underflows to exactly 0 in every compute dtype, so clamping is exact.
+    g = g.clamp(min=_GATE_FLOOR)
     if backend == "triton":
         from omniseq.kernels.triton.gla import gated_linear_attention_triton
 
@@ -167,7 +184,7 @@ def gated_linear_attention(
         raise ValueError(
             f"gated_linear_attention: chunk_size must be a positive int, got {chunk_size!r}"
         )
-    if q.shape[1] == 0:  # nothing to chunk; the loop form handles it exactly
+    if q.shape[1] == 0 or 0 in q.shape or 0 in v.shape:  # nothing to chunk; the loop form handles it exactly
         return gated_linear_attention_recurrent(q, k, v, g, initial_state, reverse, scale)
     if reverse:
         q, k, v, g = (t.flip(1) for t in (q, k, v, g))

@@ -184,6 +184,8 @@ def selective_scan(
     """
     backend = resolve_backend(backend, u, delta, A, B, C, cpu_kernel="selective_scan")
     _check_inputs("selective_scan", u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if u.numel() == 0 or A.numel() == 0:
+        backend = "torch"  # empty batch, length or channels: the compiled kernels need work to split
     if backend == "triton":
         from omniseq.kernels.triton.selective_scan import selective_scan_triton
 

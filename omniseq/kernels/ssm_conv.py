@@ -189,7 +189,7 @@ def fft_conv(
     # The FFT is computed in fp32 at least: CPU FFTs have no half precision.
     work = torch.promote_types(dtype, torch.float32)
     length = u.shape[1]
-    if length == 0:
+    if u.numel() == 0:  # no batch, length or channel: nothing to transform (FFT libraries refuse it)
         return u.to(dtype)
     signal = u.to(work).transpose(1, 2)  # (B, H, L): the FFT runs over the last dim
     if reverse:

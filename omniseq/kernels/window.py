@@ -85,7 +85,7 @@ def window_partition(
     for g, w in zip(grid, window, strict=True):
         split += [g // w, w]
     x = x.reshape(*split, C).permute(_split_perm(rank))
-    return x.reshape(-1, math.prod(window), C)
+    return x.reshape(B * math.prod(split[1::2]), math.prod(window), C)  # no -1: C may be 0
 
 
 def window_merge(

@@ -30,6 +30,41 @@ class Mixer(nn.Module):
         self.dim = dim
         self.causal = causal
 
+    def __call__(self, *args, **kwargs):
+        """Run the mixer in its weights' dtype and hand the result back in the input's.
+
+        fp16/bf16/fp64 input to an fp32 mixer is cast (under autocast, autocast decides);
+        integer, bool or complex input is refused with an error saying what to do. An
+        empty batch gives an empty result.
+        """
+        x = args[0] if args else kwargs.get("x")
+        target = self._run_dtype(x)
+        if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] == 0:
+            self.check_input(x)
+            return x * 0  # an empty batch mixes to an empty batch (window/chunk maths would divide by 0)
+        if target is None:
+            return super().__call__(*args, **kwargs)
+        if args:
+            args = (x.to(target), *args[1:])
+        else:
+            kwargs = {**kwargs, "x": x.to(target)}
+        out = super().__call__(*args, **kwargs)
+        return out.to(x.dtype) if isinstance(out, torch.Tensor) else out
+
+    def _run_dtype(self, x: object) -> torch.dtype | None:
+        """The dtype to cast ``x`` to, or None to pass it as it is."""
+        if not isinstance(x, torch.Tensor):
+            return None
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} expects a floating point x, got {x.dtype}; convert it with x.float() "
+                "(integer ids such as tokens go through an embedding first)"
+            )
+        if torch.is_autocast_enabled(x.device.type):
+            return None
+        weight = next((p for p in self.parameters() if p.is_floating_point()), None)
+        return None if weight is None or weight.dtype == x.dtype else weight.dtype
+
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(

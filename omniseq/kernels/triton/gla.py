@@ -261,6 +261,7 @@ def gated_linear_attention_triton(
     ``(1, T, H, *)`` input as N packed sequences; initial and final states are
     then ``(N, H, K, V)``.
     """
+    g = g.clamp(min=-1000.0)  # a gate of 0 (log gate -inf) exactly: exp(-1000) is 0; -inf would give NaN
     if cu_seqlens is not None:
         return _varlen(q, k, v, g, initial_state, reverse, scale, cu_seqlens)
     _check(q, k, v, g, initial_state)
