@@ -181,7 +181,7 @@ class Forecaster:
         }
         early = EarlyStopping(monitor="val/loss", mode="min", patience=self.config["patience"])
         # The user's callbacks run beside the two this method relies on, not instead of them.
-        callbacks = [best, early, *(options.pop("callbacks", None) or [])]
+        callbacks = [best, early, _StoreSettings(self.config), *(options.pop("callbacks", None) or [])]
         options.setdefault("plugins", [AtomicCheckpointIO()])  # the best checkpoint is written atomically
         trainer = L.Trainer(callbacks=callbacks, **options)
         trainer.fit(self.task, datamodule=dm)
@@ -205,6 +205,13 @@ class Forecaster:
         checkpoint = read_checkpoint(path)
         series = (checkpoint.get(ForecastingDataModule.__qualname__) or {}).get("series")
         backbone = (checkpoint.get("hyper_parameters") or {}).get("backbone")
+        if series is not None and SETTINGS_KEY in checkpoint:  # written by Forecaster.fit
+            forecaster = cls(**checkpoint[SETTINGS_KEY])
+            forecaster._meta = {**series, "is_xarray": False}
+            task = forecaster._task(forecaster._backbone(len(series["input_columns"]), series["num_time_features"]))
+            task.load_state_dict(checkpoint["state_dict"])
+            forecaster.task = task.eval()
+            return forecaster if data is None else forecaster.set_data(data)
         if series is None or not isinstance(backbone, dict):
             raise ValueError(
                 f"{path}: not a forecasting checkpoint with its data settings (it lacks the stored series state or "
@@ -381,6 +388,20 @@ class Forecaster:
         backbone.load_state_dict(saved["state_dict"])
         forecaster.task = forecaster._task(backbone).eval()
         return forecaster
+
+
+SETTINGS_KEY = "omniseq_forecaster_settings"
+
+
+class _StoreSettings(L.Callback):
+    """Writes the Forecaster's settings into its checkpoints, so ``from_checkpoint`` rebuilds it."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()
+                         if k != "trainer_options"}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SETTINGS_KEY] = self.settings
 
 
 def _meta_as_tensors(meta: dict[str, Any]) -> dict[str, Any]:

@@ -117,6 +117,8 @@ def test_checkpoints_stay_in_default_root_dir(frame, tmp_path, capsys):
     state = read_checkpoint(best)["state_dict"]
     for name, value in fc.task.state_dict().items():
         torch.testing.assert_close(value, state[name])
+    # The checkpoint carries the settings and the series state: it forecasts on its own.
+    pd.testing.assert_frame_equal(Forecaster.from_checkpoint(best).predict(12), fc.predict(12))
 
 
 def test_from_checkpoint_of_a_cli_run_predicts_with_the_stored_scaling(frame, tmp_path):
