@@ -295,3 +295,31 @@ def test_convert_help_says_to_trust_the_file(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])
     assert "Only convert files you trust" in capsys.readouterr().out
+
+
+def test_every_task_data_module_and_separator_model_is_registered():
+    """A task or data module missing from the registries could not be resumed from its own checkpoint."""
+    import importlib
+    import pkgutil
+
+    import omniseq.data
+    import omniseq.recipes
+    from omniseq.data.loaders import ResumableDataModuleMixin
+    from omniseq.recipes.catalogue import registered_class, registered_classes
+    from omniseq.recipes.checkpoints import CheckpointOrigin
+
+    for package in (omniseq.recipes, omniseq.data):
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+    def subclasses(cls: type) -> set[type]:
+        found = set(cls.__subclasses__())
+        return found.union(*(subclasses(c) for c in found)) if found else found
+
+    registered = set(registered_classes().values())
+    for cls in subclasses(CheckpointOrigin) | subclasses(ResumableDataModuleMixin) | {MaskSeparator}:
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        if cls.__module__.startswith("omniseq."):
+            assert path in registered, f"{path} is not in omniseq.recipes.catalogue"
+            assert registered_class(path) is cls
+    assert registered_class("subprocess.Popen") is None and registered_class("os.system") is None
