@@ -3,16 +3,16 @@ masked-LM pretraining on the E. coli K-12 chromosome, plus long-context memory.
 
 Protocol (DNABERT-2, Zhou et al. ICLR 2024): fine-tune on ``train``, select on ``dev``
 (MCC, checked every ``--eval-every`` steps), report ``test`` MCC at the selected step.
-The full protocol (all 9 tasks, full training and dev sets, 4000 pretraining steps and
-3 fine-tuning epochs per run, counted in steps so that any device runs the same
-training) is about 130k optimiser steps of tiny models: minutes on a GPU, a day on
-this CPU, where the selective scan dominates. ``--*-minutes`` flags run a reduced,
-wall-clock-budgeted version instead, and the output states exactly what was run.
+``--full`` builds the whole table (9 tasks x 3 models x scratch / +E. coli) under one
+CPU-sized protocol, resumable cell by cell (``benchmarks/gue_table.py`` states it):
+run it again and it continues where the last run stopped. ``--*-minutes`` flags run
+a reduced, wall-clock-budgeted version instead, and the output states what was run.
 
+    nice -n 5 python benchmarks/genomics.py --full     # resumable; cells in benchmarks/gue_table/
+    python benchmarks/genomics.py --full --table-only     # print the table of the finished cells
     python benchmarks/genomics.py --tasks prom_core_tata tf0 --pretrain-minutes 1.5 \
         --finetune-minutes 0.5 --max-train-samples 4000 --out /tmp/gue.json
     python benchmarks/genomics.py --memory-only          # peak RSS of one fwd+bwd at L = 32768
-    python benchmarks/genomics.py --full --device cuda   # the protocol
 
 The table sets each task beside DNABERT-2's published test MCC (``PUBLISHED``).
 """
@@ -26,6 +26,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ from omniseq.data.genomics import (
 )
 from omniseq.domains.genomics import NucleotideTokenizer, mask_tokens
 from omniseq.recipes.genomics import random_reverse_complement
+
+sys.path.insert(0, str(Path(__file__).parent))
+import gue_table  # noqa: E402  (benchmarks/ is not a package)
 
 # DNABERT-2 (117M) test MCC per GUE task: Zhou et al., "DNABERT-2: Efficient Foundation
 # Model and Benchmark for Multi-Species Genomes", ICLR 2024, https://arxiv.org/abs/2306.15006
@@ -61,9 +65,10 @@ PUBLISHED: dict[str, float] = {
 }
 
 MODELS = {
-    # 0.11M-0.15M parameters each (far under the 2M limit): sized for CPU budgets, where
-    # the PyTorch selective scan is the bottleneck. Scale dim/depth up for --full on a GPU.
-    "caduceus_ps": lambda: DNAModel(dim=128, depth=4, mixer="mamba", mixer_options={"d_state": 8},
+    # The CPU size of genomics/gue_caduceus_ps (0.53M parameters): wide, shallow, expand 1
+    # and N 8, so the parameters sit in matmuls rather than in the scan
+    # (benchmarks/genomics_speed.py times it against the CNNs).
+    "caduceus_ps": lambda: DNAModel(dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1},
                                     rc_mode="ps", channel_mixer="none", norm="rmsnorm"),
     # Learned positions (BERT/DNABERT): with fixed sinusoidal ones this model could not even
     # memorise one batch of tf0 in 150 steps (loss 0.47; learned: 0.001). 512 covers GUE
@@ -143,11 +148,13 @@ def evaluate(model, head, loader, limit: int | None = None, device: str = "cpu")
 
 
 def finetune(model, task: str, minutes: float | None, max_train: int | None, max_dev: int | None,
-             eval_every: int, batch_size: int, seed: int, device: str = "cpu", max_epochs: int | None = None) -> dict:
-    """Train on ``task``'s train split for ``max_epochs`` and/or a wall-clock budget (whichever
-    ends first), keep the dev-best weights (MCC every ``eval_every`` steps), report test MCC."""
-    if minutes is None and max_epochs is None:
-        raise ValueError("finetune: give minutes, max_epochs or both")
+             eval_every: int, batch_size: int, seed: int, device: str = "cpu", max_epochs: int | None = None,
+             steps_for: Callable[[int], int] | None = None) -> dict:
+    """Train on ``task``'s train split for ``max_epochs``, ``steps_for(steps per epoch)`` steps
+    and/or a wall-clock budget (whichever ends first), keep the dev-best weights (MCC every
+    ``eval_every`` steps and at the end), report test MCC."""
+    if minutes is None and max_epochs is None and steps_for is None:
+        raise ValueError("finetune: give minutes, max_epochs, steps_for or a combination")
     data = SequenceClassificationDataModule(task=task, max_train_samples=max_train, batch_size=batch_size, seed=seed)
     data.setup()
     head = torch.nn.Linear(model.pooled_dim, data.num_classes).to(device)
@@ -163,8 +170,9 @@ def finetune(model, task: str, minutes: float | None, max_train: int | None, max
         if mcc > best[0]:
             best = (mcc, copy.deepcopy((model.state_dict(), head.state_dict())), steps)
 
+    max_steps = None if steps_for is None else steps_for(len(data.train_dataloader()))
     start, steps, epochs, out_of_time = time.time(), 0, 0, False
-    while not out_of_time and epochs != max_epochs:
+    while not out_of_time and epochs != max_epochs and steps != max_steps:
         for batch in data.train_dataloader():
             mask = batch["attention_mask"].to(device)
             ids = random_reverse_complement(batch["input_ids"].to(device), comp, mask)
@@ -176,10 +184,10 @@ def finetune(model, task: str, minutes: float | None, max_train: int | None, max
             out_of_time = minutes is not None and time.time() - start > minutes * 60
             if steps % eval_every == 0 or out_of_time:
                 keep_if_best()
-            if out_of_time:
+            if out_of_time or steps == max_steps:
                 break
         epochs += 1
-    if steps % eval_every and not out_of_time:  # the last epoch's final steps
+    if steps % eval_every and not out_of_time:  # the final steps
         keep_if_best()
     model.load_state_dict(best[1][0])
     head.load_state_dict(best[1][1])
@@ -225,19 +233,23 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None, help="cap on pretraining steps")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="cap on fine-tuning epochs")
     parser.add_argument("--full", action="store_true",
-                        help="the protocol: full train/dev sets, 4000 pretraining steps, 3 fine-tuning epochs, no time cap "
-                             "(--pretrain-steps/--finetune-epochs beside it override those counts)")
+                        help="the whole GUE table under gue_table.PROTOCOL, resumable cell by cell in --results-dir")
+    parser.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "gue_table")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of --full")
+    parser.add_argument("--table-only", action="store_true", help="with --full: print the finished cells, run nothing")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--memory-length", type=int, default=32768)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (Triton kernels on a GPU)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.full:
-        args.pretrain_minutes = args.finetune_minutes = None
-        # Step and epoch counts given beside --full override the protocol's (stated in the output).
-        args.pretrain_steps, args.finetune_epochs = args.pretrain_steps or 4000, args.finetune_epochs or 3
-        args.eval_every = 250
-        args.max_train_samples = args.max_dev_samples = None
+        models = {name: MODELS[name] for name in args.models}
+        cells = gue_table.read_cells(args.results_dir)
+        if not args.table_only:
+            print("protocol", json.dumps(gue_table.PROTOCOL), flush=True)
+            cells = gue_table.run_table(args.results_dir, models, args.tasks, args.seeds, finetune, pretrain, num_params)
+        print(gue_table.table_markdown(cells, list(models), args.tasks, PUBLISHED, args.seeds[0]))
+        return
     torch.manual_seed(args.seed)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "memory": measure_memory(args.memory_length)}
     print(json.dumps(results["memory"]), flush=True)

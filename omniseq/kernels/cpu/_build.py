@@ -85,6 +85,7 @@ def _load(name: str) -> tuple[ctypes.CDLL | None, str]:
     source = _SOURCES / f"{name}.c"
     key = hashlib.sha256(
         source.read_bytes()
+        + b"".join(header.read_bytes() for header in sorted(_SOURCES.glob("*.h")))  # included by sources
         + Path(__file__).read_bytes()  # a change to how we build invalidates old builds
         + repr(_FLAG_SETS).encode()
         + compiler.encode()

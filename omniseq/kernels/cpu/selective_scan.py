@@ -11,7 +11,8 @@ of Mamba), so memory is that of the inputs at any length.
 
 Channels are split into one slice per torch thread and the slices run in a thread
 pool: ctypes releases the GIL, and each slice owns its channels of every output
-except dB/dC, which sum over channels and so get one buffer per slice.
+except dB/dC, which sum over channels and so get one buffer per slice (and per
+lane of the kernel's 8-channel blocks).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from omniseq.kernels.cpu._build import load_cpu_library
 __all__ = ["selective_scan_cpu_core", "softplus_with_bias_cpu"]
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# Channels per vector block of the kernel (selective_scan_body.h).
+_LANES = 8
 
 
 def _kernel(name: str, dtype: torch.dtype):
@@ -106,8 +109,9 @@ class _SelectiveScanCPU(torch.autograd.Function):
         du, ddt = torch.empty_like(u), torch.empty_like(u)
         dA = torch.zeros_like(A)
         dD = None if D_skip is None else torch.zeros_like(D_skip)
-        dB = B.new_zeros(len(slices), *B.shape)
-        dC = C.new_zeros(len(slices), *C.shape)
+        # Per slice and per lane of the kernel's 8-channel blocks: summed here, not in C.
+        dB = B.new_zeros(len(slices), *B.shape, _LANES)
+        dC = C.new_zeros(len(slices), *C.shape, _LANES)
         dh0 = None if h0 is None else torch.empty_like(h0)
         head, groups = _sizes(u, A), _group_args(A, ctx.reverse)
         jobs = [
@@ -119,7 +123,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             for i, (lo, hi) in enumerate(slices)
         ]
         _run(jobs)
-        return du, ddt, dA, dB.sum(0), dC.sum(0), dD, dh0, None
+        return du, ddt, dA, dB.sum((0, 4)), dC.sum((0, 4)), dD, dh0, None
 
 
 def _rows_and_groups(x: torch.Tensor, bias: torch.Tensor | None) -> list[ctypes.c_int64]:

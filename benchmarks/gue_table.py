@@ -1,0 +1,151 @@
+"""The whole GUE table on a CPU, resumable cell by cell (``python benchmarks/genomics.py --full``).
+
+A cell is one (task, model, init, seed): fine-tune from scratch or from the model's
+E. coli masked-LM pretraining, select on dev MCC, report test MCC. Every finished
+cell is appended to ``<results-dir>/cells.jsonl`` (with its CPU time) and skipped on
+the next run, and each model's pretrained weights are kept in
+``<results-dir>/pretrained/<model>-seed<s>.pt``, so the table can be built over
+several sessions. The default results dir, ``benchmarks/gue_table/``, is tracked by
+git for its ``cells.jsonl`` and ``protocol.json`` (commit them to hand the table on);
+the ``.pt`` weights are ignored and, when missing, are pretrained again. Small tasks
+run first, so whole rows fill early.
+
+Protocol (``PROTOCOL``), the same for every model: full train/dev/test sets; one
+epoch of fine-tuning with a floor of ``min_finetune_steps`` steps for the small
+tasks; dev MCC on the full dev set every ``eval_every`` steps and at the end; test
+MCC of the dev-best weights; pretraining a fixed number of steps on E. coli K-12
+windows (last 10% of the chromosome held out).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from omniseq._files import atomic_save, load_file
+
+PROTOCOL = {
+    "pretrain_steps": 1000, "pretrain_seq_len": 128, "pretrain_batch_size": 32,
+    "finetune_epochs": 1, "min_finetune_steps": 600, "batch_size": 32, "eval_every": 250,
+}
+# Run order: small tasks first (fewest steps), so that whole rows finish early.
+RUN_ORDER = ("prom_core_tata", "prom_300_tata", "tf2", "tf4", "tf3", "tf1", "tf0",
+             "prom_core_notata", "prom_core_all")
+
+
+def cell_key(task: str, model: str, init: str, seed: int) -> str:
+    return f"{task}/{model}/{init}/seed{seed}"
+
+
+def read_cells(results_dir: Path) -> dict[str, dict]:
+    path = results_dir / "cells.jsonl"
+    if not path.exists():
+        return {}
+    cells = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            cell = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: not JSON ({err}); delete that line to rerun the cell") from err
+        cells[cell["key"]] = cell
+    return cells
+
+
+def append_cell(results_dir: Path, cell: dict) -> None:
+    """One JSON line, flushed and fsynced: a killed run loses at most the cell in progress."""
+    with open(results_dir / "cells.jsonl", "a") as handle:
+        handle.write(json.dumps(cell) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_protocol(results_dir: Path, models: dict) -> None:
+    """Refuse to mix cells of another protocol or model configuration into one table."""
+    path = results_dir / "protocol.json"
+    current = {"protocol": PROTOCOL, "models": {name: repr(build()) for name, build in models.items()}}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["protocol"] != PROTOCOL:
+            raise ValueError(f"{path}: the cells there were made with protocol {saved['protocol']}, not "
+                             f"{PROTOCOL}; use another --results-dir")
+        for name, text in current["models"].items():
+            if name in saved["models"] and saved["models"][name] != text:
+                raise ValueError(f"{path}: model {name!r} had another configuration there; use another --results-dir")
+        current["models"] = {**saved["models"], **current["models"]}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=1))
+
+
+def pretrained_weights(results_dir: Path, name: str, scratch: torch.nn.Module, seed: int, pretrain) -> torch.nn.Module:
+    """The model after E. coli pretraining: loaded if an earlier run saved it, else trained and saved."""
+    path = results_dir / "pretrained" / f"{name}-seed{seed}.pt"
+    model = copy.deepcopy(scratch)
+    if path.exists():
+        model.load_state_dict(load_file(path, what="pretrained GUE-table weights"))
+        return model
+    cpu0, wall0 = time.process_time(), time.time()
+    info = pretrain(model, None, PROTOCOL["pretrain_seq_len"], PROTOCOL["pretrain_batch_size"], seed,
+                    max_steps=PROTOCOL["pretrain_steps"])
+    info.update(model=name, seed=seed, cpu_seconds=round(time.process_time() - cpu0, 1),
+                wall_seconds=round(time.time() - wall0, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(model.state_dict(), path)
+    with open(results_dir / "pretrain.jsonl", "a") as handle:
+        handle.write(json.dumps(info) + "\n")
+    print("pretrained", json.dumps(info), flush=True)
+    return model
+
+
+def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int], finetune, pretrain,
+              num_params) -> dict[str, dict]:
+    """Run every missing cell; returns all cells (finished earlier or now)."""
+    check_protocol(results_dir, models)
+    cells = read_cells(results_dir)
+    order = [t for t in RUN_ORDER if t in tasks] + [t for t in tasks if t not in RUN_ORDER]
+    steps_for = lambda per_epoch: max(PROTOCOL["min_finetune_steps"], PROTOCOL["finetune_epochs"] * per_epoch)  # noqa: E731
+    for seed in seeds:
+        for task in order:
+            for name, build in models.items():
+                for init in ("scratch", "ecoli"):
+                    key = cell_key(task, name, init, seed)
+                    if key in cells:
+                        continue
+                    torch.manual_seed(seed)
+                    scratch = build()
+                    start = scratch if init == "scratch" else pretrained_weights(results_dir, name, scratch, seed, pretrain)
+                    model = copy.deepcopy(start)
+                    torch.manual_seed(seed)
+                    cpu0, wall0 = time.process_time(), time.time()
+                    result = finetune(model, task, None, None, None, PROTOCOL["eval_every"], PROTOCOL["batch_size"],
+                                      seed, steps_for=steps_for)
+                    result.update(key=key, task=task, model=name, init=init, seed=seed, params=num_params(model),
+                                  cpu_seconds=round(time.process_time() - cpu0, 1),
+                                  wall_seconds=round(time.time() - wall0, 1), threads=torch.get_num_threads(),
+                                  finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+                    append_cell(results_dir, result)
+                    cells[key] = result
+                    print("cell", json.dumps(result), flush=True)
+    return cells
+
+
+def table_markdown(cells: dict[str, dict], models: list[str], tasks: list[str], published: dict[str, float],
+                   seed: int = 0) -> str:
+    """Test MCC per task (rows) and model x init (columns), 'not run yet' where a cell is missing;
+    CPU minutes per cell in a second table."""
+    columns = [(m, i) for m in models for i in ("scratch", "ecoli")]
+    head = " | ".join(f"{m} {'scratch' if i == 'scratch' else '+E. coli'}" for m, i in columns)
+    lines = [f"| task | {head} | DNABERT-2 (paper) |", "|" + "---|" * (len(columns) + 2)]
+    cpu = [f"| task | {head} |", "|" + "---|" * (len(columns) + 1)]
+    for task in tasks:
+        got = [cells.get(cell_key(task, m, i, seed)) for m, i in columns]
+        lines.append(f"| {task} | " + " | ".join("not run yet" if c is None else f"{c['test_mcc']:.3f}" for c in got)
+                     + f" | {published[task]:.3f} |")
+        cpu.append(f"| {task} | " + " | ".join("-" if c is None else f"{c['cpu_seconds'] / 60:.1f}" for c in got) + " |")
+    return "\n".join(lines) + "\n\nCPU minutes per cell (fine-tuning and its dev/test evaluation):\n\n" + "\n".join(cpu)
