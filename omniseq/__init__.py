@@ -1,7 +1,44 @@
 """omniseq: fast sequence backbones shared across vision, time series, audio and genomics."""
 
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
 __version__ = "0.1.0"
 
-# Importing these registers the vision models in timm.
-from omniseq.backbones import hierarchical as _hierarchical  # noqa: E402,F401
-from omniseq.backbones import vit as _vit  # noqa: E402,F401
+# The vision models are timm citizens: `timm.create_model("vig_tiny_patch16_224")` works
+# after `import omniseq`. Registering them needs torch and timm (seconds to import), which
+# `omniseq --help` and `omniseq list` must not pay, so they are registered when timm is
+# imported (at once if it already is). Importing `omniseq.backbones` registers them too.
+
+
+def _register_vision_models() -> None:
+    importlib.import_module("omniseq.backbones")
+
+
+class _RegisterAfterTimm:
+    """A one-shot meta-path hook: once the module ``timm`` has executed, register ours."""
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name != "timm":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_timm = spec.loader.exec_module
+
+        def exec_module(module) -> None:
+            exec_timm(module)
+            _register_vision_models()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "timm" in sys.modules:
+    _register_vision_models()
+elif not any(isinstance(hook, _RegisterAfterTimm) for hook in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterTimm())

@@ -30,6 +30,7 @@ from omniseq.domains.genomics import NucleotideTokenizer, read_fasta
 from omniseq.recipes.catalogue import registered_class, registered_name
 from omniseq.recipes.checkpoints import read_checkpoint
 from omniseq.recipes.genomics import DNAPretrainTask, SequenceClassificationTask
+from omniseq.recipes.progress import fit_callbacks
 
 __all__ = ["DNAEncoder"]
 
@@ -203,12 +204,13 @@ class DNAEncoder:
 
     def fit(
         self, sequences: Sequence[str], labels: Sequence[int], epochs: int = 3, lr: float = 1e-3,
-        batch_size: int = 32, freeze_backbone: bool = False, seed: int = 0,
+        batch_size: int = 32, freeze_backbone: bool = False, seed: int = 0, verbose: bool = True,
     ) -> DNAEncoder:
         """Train a classification head (and the backbone unless frozen) on labelled sequences.
 
         ``labels`` are integer class indices (0..C-1) or class names (strings): names are
         sorted, numbered, and kept in ``self.classes`` (the order of :meth:`predict`'s columns).
+        ``verbose`` prints a progress line every 30 s and why training stopped.
         """
         if len(sequences) != len(labels):
             raise ValueError(f"fit: {len(sequences)} sequences but {len(labels)} labels")
@@ -226,7 +228,7 @@ class DNAEncoder:
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=_collate,
                             generator=torch.Generator().manual_seed(seed))
         trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+                            enable_model_summary=False, accelerator="cpu", **fit_callbacks(verbose))
         trainer.fit(task, loader)
         self.head = task.head
         return self

@@ -34,6 +34,7 @@ from omniseq.data.forecasting import ForecastingDataModule
 from omniseq.domains.timeseries.time_features import time_features
 from omniseq.recipes.checkpoints import AtomicCheckpointIO, read_checkpoint
 from omniseq.recipes.forecasting import ForecastingTask
+from omniseq.recipes.progress import fit_callbacks
 
 __all__ = ["Forecaster"]
 
@@ -164,9 +165,10 @@ class Forecaster:
 
     # -- fit / predict --------------------------------------------------------
 
-    def fit(self, data: Any = None) -> Forecaster:
+    def fit(self, data: Any = None, verbose: bool = True) -> Forecaster:
         """Train on ``data``: a DataFrame/Series, an xarray Dataset/DataArray, a file path or
-        registered name (``"ETTh1"``), or None for the built-in synthetic series."""
+        registered name (``"ETTh1"``), or None for the built-in synthetic series.
+        ``verbose`` prints a progress line every 30 s and why training stopped."""
         dm = self._make_datamodule(data)
         dm.setup()
         L.seed_everything(self.config["seed"], verbose=False)
@@ -174,14 +176,17 @@ class Forecaster:
         root = Path(self.config["default_root_dir"]).expanduser()
         best = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/loss", mode="min", filename="best",
                                enable_version_counter=False)
+        progress = fit_callbacks(verbose, self.config["trainer_options"])
         options = {
-            "max_epochs": self.config["max_epochs"], "logger": False, "enable_progress_bar": False,
+            "max_epochs": self.config["max_epochs"], "logger": False,
+            "enable_progress_bar": progress["enable_progress_bar"],
             "enable_model_summary": False, "default_root_dir": str(root), "accelerator": "auto",
             **(self.config["trainer_options"] or {}),
         }
         early = EarlyStopping(monitor="val/loss", mode="min", patience=self.config["patience"])
         # The user's callbacks run beside the two this method relies on, not instead of them.
-        callbacks = [best, early, _StoreSettings(self.config), *(options.pop("callbacks", None) or [])]
+        callbacks = [best, early, _StoreSettings(self.config), *progress["callbacks"],
+                     *(options.pop("callbacks", None) or [])]
         options.setdefault("plugins", [AtomicCheckpointIO()])  # the best checkpoint is written atomically
         trainer = L.Trainer(callbacks=callbacks, **options)
         trainer.fit(self.task, datamodule=dm)

@@ -19,6 +19,7 @@ from omniseq.api._saved import load_payload, save_payload
 from omniseq.data.segmentation import SegmentationDataModule, check_finite, read_image, scale_pixels
 from omniseq.domains.vision.segmentation import SegmentationNet
 from omniseq.recipes.checkpoints import read_checkpoint
+from omniseq.recipes.progress import fit_callbacks
 from omniseq.recipes.segmentation import (
     SegmentationTask,
     class_colours,
@@ -115,11 +116,13 @@ class Segmenter:
         max_epochs: int = 1,
         max_steps: int = -1,
         max_time: str | None = None,
+        verbose: bool = True,
         **data_options: Any,
     ) -> Segmenter:
         """Train on a DataModule, a folder / registered dataset name, or (None) the synthetic default.
 
         Options for a new DataModule default to this model's classes, ignore index and window (crop).
+        ``verbose`` prints a progress line every 30 s and why training stopped.
         """
         if not isinstance(data, SegmentationDataModule):
             data_options.setdefault("num_classes", self.config["num_classes"])
@@ -130,8 +133,7 @@ class Segmenter:
             data = SegmentationDataModule(root=data, **data_options)
         trainer = L.Trainer(
             max_epochs=max_epochs, max_steps=max_steps, max_time=max_time, logger=False,
-            enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
-            limit_val_batches=0,
+            enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0, **fit_callbacks(verbose),
         )
         trainer.fit(self.task, datamodule=data)  # the task takes the training mean/std from the data
         return self

@@ -65,16 +65,20 @@ class Separator:
             sample_rate = int(saved.get("sample_rate", 8000))
         return cls(task.backbone, sample_rate, **options)
 
-    def fit(self, datamodule=None, max_time: str = "00:00:02:00", **trainer_options) -> Separator:
-        """Train the model with ``SeparationTask`` (default data: synthetic voices)."""
+    def fit(self, datamodule=None, max_time: str = "00:00:02:00", verbose: bool = True, **trainer_options) -> Separator:
+        """Train the model with ``SeparationTask`` (default data: synthetic voices).
+        ``verbose`` prints a progress line every 30 s and why training stopped."""
         import lightning as L
 
         from omniseq.data.separation import SeparationDataModule
+        from omniseq.recipes.progress import fit_callbacks
         from omniseq.recipes.separation import SeparationTask
 
         datamodule = datamodule or SeparationDataModule(sample_rate=self.sample_rate, num_train=400, num_val=32, num_test=64)
         task = SeparationTask(self.model.train())
-        options = {"max_time": max_time, "enable_checkpointing": False, "logger": False, "enable_progress_bar": False, **trainer_options}
+        options = {"max_time": max_time, "enable_checkpointing": False, "logger": False, **fit_callbacks(verbose, trainer_options)}
+        options["callbacks"] += trainer_options.pop("callbacks", None) or []
+        options.update(trainer_options)
         L.Trainer(**options).fit(task, datamodule=datamodule)
         self.model = task.backbone.eval()
         return self

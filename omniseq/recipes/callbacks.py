@@ -56,18 +56,23 @@ class CPUTimeBudget(L.Callback):
     """
 
     def __init__(self, minutes: float, anneal_fraction: float = 0.0, final_lr_factor: float = 0.01) -> None:
-        if minutes <= 0:
-            raise ValueError(f"CPUTimeBudget: minutes must be positive, got {minutes}")
+        self.set_minutes(minutes)
         if not 0.0 <= anneal_fraction <= 1.0:
             raise ValueError(f"CPUTimeBudget: anneal_fraction must be in [0, 1], got {anneal_fraction}")
         if not 0.0 < final_lr_factor <= 1.0:
             raise ValueError(f"CPUTimeBudget: final_lr_factor must be in (0, 1], got {final_lr_factor}")
-        self.seconds = 60.0 * minutes
         self.anneal_fraction = anneal_fraction
         self.final_lr_factor = final_lr_factor
         self._spent_before = 0.0
         self._start: float | None = None
         self._lr_factor = 1.0
+        self.stopped = False
+
+    def set_minutes(self, minutes: float) -> None:
+        """Set the budget (``omniseq fit --budget_minutes``); time already spent still counts."""
+        if not minutes > 0:
+            raise ValueError(f"CPUTimeBudget: minutes must be positive, got {minutes}")
+        self.seconds = 60.0 * minutes
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.process_time()
@@ -95,7 +100,7 @@ class CPUTimeBudget(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if self.used_seconds() >= self.seconds:
-            trainer.should_stop = True
+            trainer.should_stop = self.stopped = True
 
     def state_dict(self) -> dict[str, Any]:
         return {"used_seconds": self.used_seconds(), "lr_factor": self._lr_factor}

@@ -3,6 +3,10 @@
 ``omniseq list`` prints them, and every class rebuilt from a file (a checkpoint's
 hyper-parameters, a saved ``DNAEncoder``) comes from here by registered name or class
 path, never from an import of a path read from the file.
+
+``omniseq list`` must start at once, so this module stays torch-free: the mixer and
+dataset names are a static copy of what the registries hold once every module is
+imported, and tests/recipes/test_startup.py checks that copy against the real registries.
 """
 
 from __future__ import annotations
@@ -35,6 +39,23 @@ BACKBONES = {
     "tsmixer": "omniseq.backbones.tsmixer.TSMixer",
 }
 
+# omniseq.backbones.mixers.list_mixers() after `import omniseq.backbones`.
+MIXERS = ("attention", "fsmn", "gla", "mamba", "mlp", "s4d", "s5", "window_attention", "windowed")
+
+# omniseq.data.registry.list_datasets() after register_all_datasets(), in that order.
+DATASETS = (
+    "ETTh1", "ETTh2", "ETTm1", "exchange_rate",
+    *(f"wfde5_gb_{v}" for v in ("Tair", "pr", "Qair", "LWdown", "SWdown", "Wind")),
+    "isbi2012", "ecoli_k12", "ecoli_k12_gff",
+    *(
+        f"gue_{task}_{split}"
+        for task in ("prom_300_tata", "prom_core_all", "prom_core_notata", "prom_core_tata",
+                     "tf0", "tf1", "tf2", "tf3", "tf4")
+        for split in ("dev", "test", "train")
+    ),
+    "fsdd",
+    *(f"speech_commands_noise_{n}" for n in ("doing_the_dishes", "exercise_bike", "pink_noise", "white_noise")),
+)
 
 TASKS = {
     "forecasting": "omniseq.recipes.forecasting.ForecastingTask",

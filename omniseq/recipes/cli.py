@@ -3,8 +3,12 @@
     omniseq fit --config forecasting/etth1_itransformer_96
     omniseq fit --config my.yaml --model.backbone.mixer gla --trainer.max_epochs 5
     omniseq test --config ... --ckpt_path best
+    omniseq fit --config forecasting/etth1_itransformer_96 --budget_minutes 10
     omniseq list
     omniseq convert OLD NEW     (a file of an earlier omniseq version; only files you trust)
+
+``omniseq --help`` and ``omniseq list`` are answered by omniseq.recipes.launcher
+without importing torch; this module is the LightningCLI behind the other commands.
 
 Scaling out is Lightning's (``--trainer.strategy ddp --trainer.devices 8
 --trainer.num_nodes 2``); ``fsdp_blocks`` and ``fsdp_blocks_checkpointed`` name
@@ -15,21 +19,24 @@ from __future__ import annotations
 
 import importlib
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 from jsonargparse import set_parsing_settings
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from omniseq.recipes.callbacks import CPUTimeBudget
+from omniseq.recipes.launcher import CONFIG_ROOT, list_recipes, print_catalogue
+from omniseq.recipes.launcher import main as main
+from omniseq.recipes.progress import ProgressLines
+from omniseq.recipes.quiet import silence_lightning_noise
 from omniseq.recipes.strategies import register_block_strategies
 
-CONFIG_ROOT = Path(__file__).parent / "configs"
-
-
-def list_recipes() -> list[str]:
-    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in CONFIG_ROOT.rglob("*.yaml"))
+__all__ = ["CONFIG_ROOT", "OmniseqCLI", "build_cli", "list_recipes", "main", "print_catalogue",
+           "resolve_config", "resolve_config_args", "run_cli"]
 
 
 def _import_class(class_path: object) -> type | None:
@@ -69,31 +76,38 @@ def resolve_config_args(argv: list[str]) -> list[str]:
     return resolved
 
 
-def print_catalogue() -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from omniseq.backbones.mixers import list_mixers
-    from omniseq.data.registry import list_datasets
-    from omniseq.recipes.catalogue import list_backbones, register_all_datasets
-
-    register_all_datasets()
-
-    table = Table(title="omniseq")
-    table.add_column("kind")
-    table.add_column("names")
-    for kind, names in (
-        ("mixers", list_mixers()),
-        ("backbones", list_backbones()),
-        ("recipes", list_recipes()),
-        ("datasets", list_datasets()),
-    ):
-        table.add_row(kind, "\n".join(names))
-    Console().print(table)
-
-
 class OmniseqCLI(LightningCLI):
-    """LightningCLI that tests the best checkpoint right after ``fit``."""
+    """LightningCLI that prints progress lines, takes ``--budget_minutes`` and tests the
+    best checkpoint right after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # A forced callback: every recipe prints plain progress lines (`--progress.every_seconds`).
+        parser.add_lightning_class_args(ProgressLines, "progress")
+        parser.add_argument(
+            "--budget_minutes", type=float | None, default=None,
+            help="Stop training after this many CPU-minutes: sets the recipe's CPUTimeBudget, or adds one.",
+        )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        from omniseq.recipes.checkpoints import use_atomic_checkpoints
+
+        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("enable_progress_bar") is False:  # Lightning refuses a progress bar then
+            extra = [cb for cb in extra if not isinstance(cb, ProgressLines)]
+        minutes = self._get(self.config_init, "budget_minutes", None)
+        if minutes is not None:
+            budgets = [cb for cb in config.get("callbacks") or [] if isinstance(cb, CPUTimeBudget)]
+            for budget in budgets:
+                budget.set_minutes(minutes)
+            if not budgets:
+                extra.append(CPUTimeBudget(minutes))
+        trainer = self._instantiate_trainer(config, extra)
+        use_atomic_checkpoints(trainer)  # no lost last.ckpt when a run is killed mid-write
+        if trainer.fast_dev_run:  # Lightning's save_last at train end ignores fast_dev_run: no dev-run last.ckpt
+            for callback in trainer.checkpoint_callbacks:
+                callback.save_last = False
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         # Settings that follow the data (channels, classes, crop) are filled into the model config
@@ -116,7 +130,8 @@ class OmniseqCLI(LightningCLI):
         if isinstance(self.trainer.strategy, FSDPStrategy):
             self._test_after_fsdp_fit(best)
             return
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+        # The path itself: "best" is ambiguous to Lightning beside a second (last.ckpt) ModelCheckpoint.
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
     def _test_after_fsdp_fit(self, best: str) -> None:
         # Lightning cannot load a checkpoint into the module it has just fitted with
@@ -143,16 +158,6 @@ class OmniseqCLI(LightningCLI):
         check_checkpoint_matches_config(self.config)
         super()._parse_ckpt_path()
 
-    def instantiate_trainer(self, **kwargs):
-        from omniseq.recipes.checkpoints import use_atomic_checkpoints
-
-        trainer = super().instantiate_trainer(**kwargs)
-        use_atomic_checkpoints(trainer)  # no lost last.ckpt when a run is killed mid-write
-        if trainer.fast_dev_run:  # Lightning's save_last at train end ignores fast_dev_run: no dev-run last.ckpt
-            for callback in trainer.checkpoint_callbacks:
-                callback.save_last = False
-        return trainer
-
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         from omniseq.recipes.checkpoints import resolve_last_checkpoint
 
@@ -165,35 +170,40 @@ class OmniseqCLI(LightningCLI):
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     from omniseq.recipes.spatiotemporal import register_config_resolvers
 
+    silence_lightning_noise()
     register_block_strategies()  # --trainer.strategy fsdp_blocks[_checkpointed]
     register_config_resolvers()  # ${grid_channels:${data.init_args}}: channels that follow the data
     # Recipes write `${data.init_args.seq_len}`; under a subcommand the config
     # sits below `fit.`/`test.`, so absolute paths are read relative to it.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-    return OmniseqCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        # omegaconf+ resolves ${data.init_args.seq_len}-style links after CLI overrides.
-        parser_kwargs={"parser_mode": "omegaconf+"},
-        args=args,
-        run=run,
-    )
+    # Given `args` stand in for the command line: LightningCLI warns when it gets both.
+    with _command_line(args if args is not None else sys.argv[1:]):
+        return OmniseqCLI(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            # omegaconf+ resolves ${data.init_args.seq_len}-style links after CLI overrides.
+            parser_kwargs={"parser_mode": "omegaconf+"},
+            args=None,
+            run=run,
+        )
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["list"]:
-        print_catalogue()
-        return
-    if argv[:1] == ["convert"]:
-        from omniseq.api._convert import main as convert
+@contextmanager
+def _command_line(argv: list[str]):
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "omniseq", *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
-        convert(argv[1:])
-        return
-    build_cli(resolve_config_args(argv))
+
+def run_cli(argv: list[str]) -> LightningCLI:
+    """Run one ``omniseq fit/validate/test/predict ...`` command line."""
+    return build_cli(resolve_config_args(argv))
 
 
 if __name__ == "__main__":
