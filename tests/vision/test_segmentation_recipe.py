@@ -30,6 +30,7 @@ def test_recipes_are_packaged_and_build():
         cli = build_cli(["--config", resolve_config_args(["--config", recipe])[1]], run=False)
         net = cli.model.backbone
         assert cli.datamodule.hparams.test_indices == "25-29"
+        assert cli.model.class_names == ["interior", "membrane"] and cli.model.num_classes == 2
         assert net.ndim == (3 if "3d" in recipe else 2), recipe
         assert net.encoder.pretrained_cfg["architecture"] == expected[recipe.split("isbi2012_")[1]]
 
