@@ -84,6 +84,8 @@ LOADERS: dict[str, Callable[[Path], object]] = {
     "DNAEncoder.load": DNAEncoder.load,
     "DNAEncoder.from_checkpoint": DNAEncoder.from_checkpoint,
     "Segmenter.load": Segmenter.load,
+    "Segmenter.from_checkpoint": Segmenter.from_checkpoint,
+    "Forecaster.from_checkpoint": Forecaster.from_checkpoint,
     "ForecastingTask.load_from_checkpoint": ForecastingTask.load_from_checkpoint,
     "pretrained=": lambda p: SequenceClassificationTask(tiny_dna(), num_classes=2, pretrained=str(p)),
     "load_backbone_weights": lambda p: load_backbone_weights(tiny_dna(), p),
@@ -136,6 +138,22 @@ def test_a_checkpoint_naming_a_foreign_class_builds_nothing(tmp_path, load, wher
     path = popen_checkpoint(tmp_path, where)
     with pytest.raises(UnsafeFileError, match=rf"checkpoint \S*{path.name} asks to build 'subprocess.Popen', which is "
                        r"not an omniseq class"):
+        load(path)
+    assert not (tmp_path / "SENTINEL").exists()
+
+
+@pytest.mark.parametrize(("load", "match"), [
+    pytest.param(Forecaster.from_checkpoint, r"the checkpoint's backbone is 'Popen'; Forecaster reads",
+                 id="Forecaster.from_checkpoint"),
+    pytest.param(Segmenter.from_checkpoint, r"its backbone is recorded as 'subprocess\.Popen'",
+                 id="Segmenter.from_checkpoint"),
+])
+def test_api_from_checkpoint_builds_only_its_own_models(tmp_path, load, match):
+    path = popen_checkpoint(tmp_path, "backbone")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["ForecastingDataModule"] = {"series": {"input_columns": ["a"], "num_time_features": 4}}
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=rf"{path.name}: .*{match}"):
         load(path)
     assert not (tmp_path / "SENTINEL").exists()
 
