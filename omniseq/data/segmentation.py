@@ -302,7 +302,8 @@ class SegmentationDataModule(ResumableDataModuleMixin):
     Two layouts of ``root``:
 
     - per-split folders ``root/train``, ``root/val``, ``root/test``, each holding
-      ``image_dir`` and ``mask_dir`` (used when ``root/train/<image_dir>`` exists).
+      ``image_dir`` and ``mask_dir`` (used when any of them exists; test and predict
+      need only their own split).
       Fit validates on ``val/`` (without it: on the last two training images, for
       monitoring only) and the test after fit runs on ``test/``; without a ``test/``
       folder with masks there is no test, and the run says so.
@@ -392,11 +393,11 @@ class SegmentationDataModule(ResumableDataModuleMixin):
 
     @property
     def split_folders(self) -> bool:
-        """True when ``root`` holds per-split folders (``train/<image_dir>``)."""
+        """True when ``root`` holds per-split folders (``train/<image_dir>``, ``val/...`` or ``test/...``)."""
         hp = self.hparams
         if hp.root is None or get_dataset_info(hp.root) is not None:
             return False
-        found = (self._folder() / "train" / hp.image_dir).is_dir()
+        found = any((self._folder() / split / hp.image_dir).is_dir() for split in SPLITS)
         given = [n for n in ("train_indices", "val_indices", "test_indices") if hp.get(n) is not None]
         if found and given:
             raise ValueError(

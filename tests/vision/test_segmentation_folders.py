@@ -74,6 +74,11 @@ def test_datamodule_reads_per_split_folders(tmp_path):
     dm.setup("fit")
     assert dm.split_dataset("val").names == ["val_0", "val_1"]
     assert dm.split_dataset("test").names == ["test_0", "test_1"]
+    only_test = tmp_path / "only_test"  # test/predict read their split only: no train/ is needed
+    write_dataset(only_test, {"test": 2})
+    other = SegmentationDataModule(str(only_test), image_dir="images", mask_dir="masks", class_names=CLASSES)
+    other.setup("test")
+    assert other.mean is None and other.split_dataset("test").names == ["test_0", "test_1"]
     with pytest.raises(ValueError, match=r"holds per-split folders .* so test_indices cannot be used"):
         SegmentationDataModule(str(tmp_path), image_dir="images", mask_dir="masks", test_indices="0").setup()
 
@@ -155,3 +160,20 @@ def test_settings_given_twice_must_agree(tmp_path):
                                 "{depth: 2, embed_dim: 32, num_heads: 2, img_size: 64}")])
     with pytest.raises(ValueError, match=r"class_names has 3 names but num_classes=2"):
         SegmentationDataModule(str(tmp_path / "d"), class_names=CLASSES, num_classes=2)
+
+
+def test_saved_files_of_the_previous_layout_keep_their_normalisation(tmp_path):
+    seg = Segmenter("vig_tiny_patch16_224", num_classes=2, in_chans=1, window=(32, 32),
+                    backbone_options={"depth": 2, "img_size": 32, "embed_dim": 32, "num_heads": 2})
+    seg.task.set_normalization(torch.tensor([0.3]), torch.tensor([0.2]))
+    seg.save(tmp_path / "new.pt")
+    blob = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert blob["mean"].tolist() == pytest.approx([0.3]) and blob["state_dict"]["pixel_std"].tolist() == pytest.approx([0.2])
+    # Files written before the model held its normalisation kept it beside the state dict only.
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.startswith("pixel_")}
+    torch.save(blob, tmp_path / "old.pt")
+    again = Segmenter.load(tmp_path / "old.pt")
+    torch.testing.assert_close(again.mean, torch.tensor([0.3]))
+    torch.testing.assert_close(again.std, torch.tensor([0.2]))
+    image = np.random.default_rng(0).random((40, 36)).astype(np.float32)
+    np.testing.assert_array_equal(again.predict(image), seg.predict(image))
