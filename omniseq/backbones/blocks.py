@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from timm.layers import DropPath, GluMlp, LayerScale, Mlp, RmsNorm
+from timm.layers import DropPath, GluMlp, LayerScale, Mlp, RmsNorm, SwiGLUPacked
 from torch import nn
 
 from omniseq.backbones.mixers import build_mixer
 
 NormName = Literal["layernorm", "rmsnorm"]
-ChannelMixer = Literal["mlp", "glu", "none"]
+ChannelMixer = Literal["mlp", "glu", "swiglu", "none"]
 
 
 def make_norm(kind: NormName, dim: int, eps: float = 1e-5) -> nn.Module:
@@ -34,7 +34,10 @@ def make_channel_mixer(
     if kind == "glu":
         # GluMlp splits its hidden width into value and gate halves.
         return GluMlp(dim, 2 * hidden, act_layer=nn.SiLU, drop=drop)
-    raise ValueError(f"channel mixer must be 'mlp' or 'glu' (or 'none' in Block), got {kind!r}")
+    if kind == "swiglu":
+        # GLA's / ViG's MLP: one bias-free fc1 whose first half is the SiLU gate.
+        return SwiGLUPacked(dim, 2 * hidden, bias=False, drop=drop)
+    raise ValueError(f"channel mixer must be 'mlp', 'glu' or 'swiglu' (or 'none' in Block), got {kind!r}")
 
 
 class Block(nn.Module):
@@ -84,7 +87,7 @@ class Block(nn.Module):
         self.has_mlp = channel_mixer != "none"
         if self.has_mlp:
             self.norm2 = make_norm(norm, dim, norm_eps)
-            hidden = int(dim * mlp_ratio)
+            hidden = int(round(dim * mlp_ratio, 6))  # 192 * 8 / 3 is 511.99999999999994
             self.mlp = make_channel_mixer(channel_mixer, dim, hidden, act_layer, drop)
             self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
             self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()

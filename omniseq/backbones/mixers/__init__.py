@@ -7,6 +7,7 @@ from omniseq.backbones.mixers import (  # noqa: F401  (registration side effects
     mamba,
     mlp,
     ssm,
+    vig,
 )
 from omniseq.backbones.mixers.registry import (
     Mixer,

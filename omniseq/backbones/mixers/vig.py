@@ -1,0 +1,149 @@
+"""ViG's mixer: bidirectional GLA with direction-wise gates and gated 2D locality.
+
+Liao et al. 2024, "ViG: Linear-complexity Visual Sequence Learning with Gated
+Linear Attention", https://arxiv.org/abs/2405.18425. Parameter names follow
+hustvl/ViG's ``GatedLinearAttention`` so its checkpoints load after renaming
+``attn`` to ``mixer``:
+
+    xs = act(dwconv3x3(x on the 2D grid))                      (``in_proj``)
+    q, k, v = qkv_proj(xs);  g_f, g_b = logsigmoid(gk_proj(xs)) / 16
+    o = (GLA(q, k, v, g_f) + reverse GLA(q, k, v, g_b)) / 2
+    gate = sigmoid(g_proj(xs))
+    y = o_proj(act_out(g_norm(o) * gate + l_norm(xs) * (1 - gate)))   (per head)
+
+Both directions run as one batch of ``2B`` sequences (the backward one flipped),
+as ViG's own kernel does; ``forward_reference`` runs each direction token by
+token (the recurrent loop), the test oracle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import RmsNorm
+from torch import nn
+
+from omniseq.backbones.mixers.registry import Mixer, register_mixer
+from omniseq.kernels import gated_linear_attention, gated_linear_attention_recurrent
+
+__all__ = ["ViGMixer"]
+
+
+@register_mixer("vig")
+class ViGMixer(Mixer):
+    """ViG's BiGLA over ``(B, L, dim)`` tokens of a 2D ``grid`` (H, W).
+
+    Args:
+        dim: token width (also the value width: the locality branch is mixed per head).
+        num_heads: heads of q, k, v.
+        expand_k: key width as a multiple of ``dim``.
+        gate_logit_normalizer: divides the log forget gates (16 in GLA and ViG).
+        gate_low_rank: rank of the forget-gate projection.
+        norm_eps: eps of the per-head RMSNorms.
+        conv_act: SiLU after the depthwise conv (ViG-T: True, ViG-S: False).
+        out_act: SiLU before ``o_proj`` (ViG-T: True, ViG-S: False).
+        conv_bias: bias of the depthwise conv (False in ViG).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 3,
+        expand_k: float = 0.5,
+        gate_logit_normalizer: float = 16.0,
+        gate_low_rank: int = 16,
+        norm_eps: float = 1e-6,
+        conv_act: bool = True,
+        out_act: bool = False,
+        conv_bias: bool = False,
+        causal: bool = False,
+    ) -> None:
+        super().__init__(dim, causal)
+        if causal:
+            raise ValueError("vig: the 3x3 locality conv and the reverse pass see future tokens; causal=False only")
+        self.key_dim = int(dim * expand_k)
+        if num_heads <= 0 or self.key_dim % num_heads or dim % num_heads:
+            raise ValueError(
+                f"vig: dim ({dim}) and key_dim ({self.key_dim}) must be divisible by num_heads ({num_heads})"
+            )
+        self.num_heads = num_heads
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, dim // num_heads
+        self.gate_logit_normalizer = gate_logit_normalizer
+        self.in_proj = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=conv_bias),
+            nn.SiLU() if conv_act else nn.Identity(),
+        )
+        self.qkv_proj = nn.Linear(dim, 2 * self.key_dim + dim, bias=False)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(dim, gate_low_rank, bias=False), nn.Linear(gate_low_rank, 2 * self.key_dim)
+        )
+        self.g_proj = nn.Linear(dim, dim)
+        self.g_norm = RmsNorm(self.head_v_dim, eps=norm_eps)
+        self.l_norm = RmsNorm(self.head_v_dim, eps=norm_eps)
+        self.out_act = nn.SiLU() if out_act else nn.Identity()
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def _local(self, x: torch.Tensor, grid: Sequence[int] | None) -> torch.Tensor:
+        if grid is None or len(grid) != 2 or math.prod(grid) != x.shape[1]:
+            raise ValueError(
+                f"vig mixer needs grid= the 2D token grid (H, W) with H * W = L = {x.shape[1]}, got {grid}"
+            )
+        B, L, C = x.shape
+        image = x.transpose(1, 2).reshape(B, C, *(int(g) for g in grid))
+        return self.in_proj(image).flatten(2).transpose(1, 2)
+
+    def _project(self, x: torch.Tensor, grid):
+        xs = self._local(x, grid)
+        q, k, v = self.qkv_proj(xs).split([self.key_dim, self.key_dim, self.dim], dim=-1)
+        logits = self.gk_proj(xs)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        gates = F.logsigmoid(logits) / self.gate_logit_normalizer
+        g_f, g_b = gates.chunk(2, dim=-1)
+        heads = (self.num_heads, -1)
+        return xs, q.unflatten(-1, heads), k.unflatten(-1, heads), v.unflatten(-1, heads), g_f.unflatten(
+            -1, heads
+        ), g_b.unflatten(-1, heads)
+
+    def _mix(self, xs: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Gate between the global (GLA) and the local (conv) branch per head, project."""
+        gate = torch.sigmoid(self.g_proj(xs)).unflatten(-1, (self.num_heads, -1))
+        local = self.l_norm(xs.unflatten(-1, (self.num_heads, -1)))
+        o = self.g_norm(o.to(self.g_norm.weight.dtype))
+        mixed = torch.lerp(local, o.to(local.dtype), gate.to(local.dtype))
+        return self.o_proj(self.out_act(mixed.flatten(-2)))
+
+    def forward(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
+        self.check_input(x)
+        xs, q, k, v, g_f, g_b = self._project(x, grid)
+        B = x.shape[0]
+        # One kernel call for both directions: the backward pass is the forward
+        # recurrence on the flipped sequence, stacked on the batch. The stack is
+        # written head-major (2B, H, L, *) so that the kernel's chunking is a view.
+        stacked = [_stack_directions(f, b) for f, b in ((q, q), (k, k), (v, v), (g_f, g_b))]
+        # o is linear in q: the mean of the two directions is folded into the query scale.
+        o, _ = gated_linear_attention(*stacked, scale=0.5 * self.head_k_dim**-0.5)
+        # o is a view of a head-major (2B, H, L, V) tensor: sum the directions there,
+        # then store sequence-major once for the norms and the output projection.
+        head_major = o.transpose(1, 2)
+        both = (head_major[:B] + head_major[B:].flip(2)).transpose(1, 2).contiguous()
+        return self._mix(xs, both)
+
+    def forward_reference(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
+        """Each direction token by token (the recurrent GLA loop): the oracle of ``forward``."""
+        self.check_input(x)
+        xs, q, k, v, g_f, g_b = self._project(x, grid)
+        o_f, _ = gated_linear_attention_recurrent(q, k, v, g_f)
+        o_b, _ = gated_linear_attention_recurrent(q, k, v, g_b, reverse=True)
+        return self._mix(xs, (o_f + o_b) / 2)
+
+def _stack_directions(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
+    """``(B, L, H, D)`` x2 -> ``(2B, L, H, D)``: ``forward`` then ``backward`` flipped in
+    time, stored head-major (a transposed view of a contiguous ``(2B, H, L, D)``)."""
+    B, L, H, D = forward.shape
+    out = forward.new_empty(2 * B, H, L, D)
+    out[:B].copy_(forward.transpose(1, 2))
+    out[B:].copy_(backward.transpose(1, 2).flip(2))
+    return out.transpose(1, 2)
