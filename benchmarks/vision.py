@@ -4,6 +4,12 @@ timm's deit_tiny at 224, 512 and 1024 pixels, with ratios to DeiT-T.
     OMP_NUM_THREADS=1 python benchmarks/vision.py                      # full protocol, CPU
     python benchmarks/vision.py --repeats 1 --warmup 0 --sizes 224 512  # reduced
     python benchmarks/vision.py --device cuda --dtype bfloat16
+    python benchmarks/vision.py --paired ViG-T --sizes 1024 --threads 1 2 --repeats 7
+
+``--paired`` measures one model against DeiT-T in the same process, alternating
+their forwards (DeiT, model, DeiT, model, ...) so that a shared, loaded machine
+slows both alike; it prints the median img/s of each and the median of the
+per-round speed ratios, per thread count.
 
 Each (model, size) runs in a fresh subprocess so that CPU peak memory (the rise
 of the process's max RSS during the timed forwards over the RSS after building
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -61,6 +69,57 @@ def measure(model_name: str, size: int, batch: int, repeats: int, warmup: int, d
     return {"img_per_s": batch * repeats / elapsed, "peak_mb": peak_mb, "seconds_per_batch": elapsed / repeats}
 
 
+def measure_paired(model_name: str, size: int, batch: int, repeats: int, warmup: int, threads: int) -> dict:
+    """Alternate DeiT-T and ``model_name`` forwards on CPU; medians over ``repeats`` rounds."""
+    import timm
+    import torch
+
+    import omniseq  # noqa: F401  registers the models
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    models = {
+        "reference": timm.create_model(MODELS[REFERENCE], img_size=size).eval(),
+        "model": timm.create_model(model_name, img_size=size).eval(),
+    }
+    x = torch.randn(batch, 3, size, size)
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in range(warmup):
+            for model in models.values():
+                model(x)
+        for _ in range(repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(x)
+                seconds[name].append(time.perf_counter() - start)
+    ratios = [r / m for r, m in zip(seconds["reference"], seconds["model"], strict=True)]
+    return {
+        "reference_img_per_s": batch / statistics.median(seconds["reference"]),
+        "model_img_per_s": batch / statistics.median(seconds["model"]),
+        "median_ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios),
+    }
+
+
+def run_paired(args) -> None:
+    print(f"paired against {REFERENCE}, CPU, batch={args.batch} repeats={args.repeats} warmup={args.warmup}")
+    print(f"{'model':8s} {'threads':>7s} {'size':>5s} {'DeiT-T img/s':>13s} {'model img/s':>12s} "
+          f"{'x DeiT-T (median)':>18s} {'min':>6s} {'max':>6s}")
+    for threads in args.threads:
+        for size in args.sizes:
+            cmd = [sys.executable, __file__, "--_paired_child", MODELS[args.paired], str(size), str(threads),
+                   "--batch", str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if out.returncode != 0:
+                print(f"{args.paired:8s} {threads:7d} {size:5d}  failed: {out.stderr.strip()[-300:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{args.paired:8s} {threads:7d} {size:5d} {r['reference_img_per_s']:13.3f} "
+                  f"{r['model_img_per_s']:12.3f} {r['median_ratio']:18.2f} {r['min_ratio']:6.2f} "
+                  f"{r['max_ratio']:6.2f}", flush=True)
+
+
 def run_one(args, name: str, size: int) -> dict:
     cmd = [sys.executable, __file__, "--_child", MODELS[name], str(size), "--batch", str(args.batch),
            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device, "--dtype", args.dtype]
@@ -81,8 +140,19 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--paired", choices=[m for m in MODELS if m != REFERENCE],
+                        help="time this model against DeiT-T in one process, alternating (CPU)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts for --paired")
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_paired_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._paired_child:
+        name, size, threads = args._paired_child
+        print(json.dumps(measure_paired(name, int(size), args.batch, args.repeats, args.warmup, int(threads))))
+        return
+    if args.paired:
+        run_paired(args)
+        return
     if args._child:
         result = measure(args._child[0], int(args._child[1]), args.batch, args.repeats, args.warmup, args.device, args.dtype)
         print(json.dumps(result))

@@ -10,23 +10,23 @@ behaves as for timm's own models. Features come from ``forward_intermediates``
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import LayerNorm2d
 from timm.models import build_model_with_cfg
 from torch import nn
 
 __all__ = [
+    "ConvStem",
     "PatchEmbed",
     "build_vision_model",
     "default_cfg",
     "no_weight_decay_names",
     "output_format",
-    "rename_checkpoint_keys",
     "resize_pos_embed",
 ]
 
@@ -94,6 +94,43 @@ class PatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), grid
 
 
+class ConvStem(nn.Module):
+    """ViG's overlapping two-conv patch embedding (hustvl/ViG ``V2PatchEmbed``).
+
+    Conv ``k = p/2 + 1``, stride ``p/2`` to half width, LayerNorm2d, SiLU, then a
+    3x3 stride-2 conv to ``embed_dim`` and LayerNorm2d: total stride ``p``.
+    Module indices (``proj.0`` ... ``proj.4``) match ViG's checkpoints.
+    """
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 192) -> None:
+        super().__init__()
+        if patch_size % 4:
+            raise ValueError(f"ConvStem: patch_size must be a multiple of 4, got {patch_size}")
+        self.ndim, self.in_chans, self.embed_dim = 2, in_chans, embed_dim
+        self.patch_size = (patch_size, patch_size)
+        self.stride1 = patch_size // 2
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, embed_dim // 2, self.stride1 + 1, self.stride1, padding=1),
+            LayerNorm2d(embed_dim // 2, eps=1e-5),
+            nn.SiLU(),
+            nn.Conv2d(embed_dim // 2, embed_dim, 3, 2, padding=1),
+            LayerNorm2d(embed_dim, eps=1e-5),
+        )
+
+    def grid_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        first = [(s + 2 - self.stride1 - 1) // self.stride1 + 1 for s in spatial]
+        return tuple((f - 1) // 2 + 1 for f in first)
+
+    check_input = PatchEmbed.check_input
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        self.check_input(x)
+        if min(x.shape[2:]) < self.stride1 - 1:
+            raise ValueError(f"ConvStem: input {tuple(x.shape)} is smaller than the first kernel")
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
+
+
 def resize_pos_embed(
     pos_embed: torch.Tensor,
     new_grid: Sequence[int],
@@ -154,43 +191,17 @@ def no_weight_decay_names(model: nn.Module, always: Iterable[str] = ()) -> set[s
     return names
 
 
-# Keys in timm / Vim checkpoints that name the same tensors differently here.
-_KEY_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^layers\.(\d+)\.(norm|mixer)\.", r"blocks.\1.\2."),  # hustvl/Vim
-    (r"^norm_f\.", "norm."),  # hustvl/Vim final RMSNorm
-    (r"\.attn\.", ".mixer."),  # timm ViT / Swin blocks
-)
-_DROP_KEYS = re.compile(r"(relative_position_index|attn_mask)$")
-
-
-def rename_checkpoint_keys(
-    state_dict: dict[str, torch.Tensor], renames: Sequence[tuple[str, str]] = _KEY_RENAMES
-) -> dict[str, torch.Tensor]:
-    """Map timm / hustvl-Vim key names onto ours; drop derived buffers."""
-    for nested in ("model", "state_dict", "model_ema"):
-        if nested in state_dict and isinstance(state_dict[nested], dict):
-            state_dict = state_dict[nested]
-            break
-    out = {}
-    for key, value in state_dict.items():
-        if _DROP_KEYS.search(key):
-            continue
-        for pattern, repl in renames:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
-
-
-def install_key_mapping(model: nn.Module, renames: Sequence[tuple[str, str]] = _KEY_RENAMES) -> None:
-    """Let ``model.load_state_dict`` accept timm / Vim key names (used by
-    ``timm.create_model(..., checkpoint_path=...)``, which applies no filter)."""
+def install_key_mapping(model: nn.Module, filter_fn: Callable[[dict, nn.Module], dict]) -> None:
+    """Let ``model.load_state_dict`` accept the official layout that ``filter_fn``
+    converts (used by ``timm.create_model(..., checkpoint_path=...)``, which applies
+    no filter). Our own state dicts pass through unchanged."""
 
     def hook(module, state_dict, prefix, *args):
         if prefix:
             return
-        renamed = rename_checkpoint_keys(dict(state_dict), renames)
+        converted = filter_fn(dict(state_dict), module)
         state_dict.clear()
-        state_dict.update(renamed)
+        state_dict.update(converted)
 
     model.register_load_state_dict_pre_hook(hook)
 
@@ -225,19 +236,24 @@ def build_vision_model(
     variant: str,
     pretrained: bool,
     default_out_indices: int | tuple[int, ...],
+    layout: str = "deit",
     **kwargs: Any,
 ) -> nn.Module:
-    """``build_model_with_cfg`` with our checkpoint filter and the getter feature wrapper."""
+    """``build_model_with_cfg`` with the checkpoint filter of the weights' ``layout``
+    (``"deit"``, ``"swin"``, ``"vim"``, ``"vig"``; see ``omniseq.backbones._pretrained``)
+    and the getter feature wrapper."""
+    from omniseq.backbones._pretrained import FILTERS, pretrained_load_context
+
     out_indices = kwargs.pop("out_indices", default_out_indices)
-
-    def filter_fn(state_dict, model):
-        return model.adapt_checkpoint(rename_checkpoint_keys(state_dict))
-
-    return build_model_with_cfg(
-        model_cls,
-        variant,
-        pretrained,
-        pretrained_filter_fn=filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    filter_fn = FILTERS[layout]
+    with pretrained_load_context(pretrained):
+        model = build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            pretrained_filter_fn=filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **kwargs,
+        )
+    install_key_mapping(getattr(model, "model", model), filter_fn)
+    return model

@@ -28,11 +28,11 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from omniseq.backbones._pretrained import HUB_SOURCES
 from omniseq.backbones._timm import (
     PatchEmbed,
     build_vision_model,
     default_cfg,
-    install_key_mapping,
     no_weight_decay_names,
     output_format,
 )
@@ -190,6 +190,8 @@ class HierarchicalVisionModel(nn.Module):
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
+        # timm's flag for "any input size": always true here (inputs are padded to fit).
+        kwargs.pop("dynamic_img_size", None)
         if kwargs:
             raise TypeError(f"HierarchicalVisionModel got unknown argument(s) {sorted(kwargs)}")
         n = len(depths)
@@ -224,7 +226,6 @@ class HierarchicalVisionModel(nn.Module):
             for i, d in enumerate(self.dims)
         ]
         self.apply(self._init_linear)
-        install_key_mapping(self)
 
     def _mixer_spec(self, mixer: str, options: dict, windowed: bool, j: int) -> tuple[str, dict]:
         ws = self.window_size
@@ -353,15 +354,16 @@ MODEL_ARGS: dict[str, dict[str, Any]] = {
 
 default_cfgs = {
     "omni_swin_tiny_patch4_window7_224": default_cfg(
-        pool_size=(7, 7), classifier="head.fc", paper_ids="https://arxiv.org/abs/2103.14030"
+        pool_size=(7, 7), classifier="head.fc", paper_ids="https://arxiv.org/abs/2103.14030",
+        **HUB_SOURCES["omni_swin_tiny_patch4_window7_224"],
     ),
     "vig_h_tiny": default_cfg(
         pool_size=(7, 7), classifier="head.fc", paper_ids="https://arxiv.org/abs/2405.18425"
     ),
-    # timm's builder asserts a 3-entry (C, H, W) input_size, so the volume size
-    # (C, T, H, W) is recorded as test_input_size instead.
+    # timm's builder asserts a 3-entry (C, H, W) input_size: the volume's (C, T, H, W)
+    # is set on the built model's cfg instead (_volume_data_config).
     "swin3d_unetr_tiny": default_cfg(
-        input_size=None, test_input_size=(1, 96, 96, 96), pool_size=(3, 3, 3), classifier="head.fc", num_classes=0,
+        input_size=None, pool_size=(3, 3, 3), classifier="head.fc", num_classes=0,
         mean=(0.5,), std=(0.5,), paper_ids="https://arxiv.org/abs/2201.01266",
     ),
 }
@@ -370,10 +372,26 @@ default_cfgs = {
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> HierarchicalVisionModel:
     args = {**MODEL_ARGS[variant], **kwargs}
     depths = args["depths"]
-    return build_vision_model(
+    model = build_vision_model(
         HierarchicalVisionModel, variant, pretrained, default_out_indices=tuple(range(len(depths))),
-        **args,
+        layout="swin", **args,
     )
+    if args.get("ndim", 2) == 3:
+        _volume_data_config(model, args.get("in_chans", 3), args.get("img_size", 224))
+    return model
+
+
+def _volume_data_config(model: nn.Module, in_chans: int, img_size: int | Sequence[int]) -> None:
+    """``resolve_data_config`` reads ``input_size`` and mean/std from the model's cfg:
+    give a volume model its ``(C, T, H, W)`` and one mean/std entry per channel."""
+    size = (img_size,) * 3 if isinstance(img_size, int) else tuple(img_size)
+    for holder in {id(m): m for m in (model, getattr(model, "model", model))}.values():
+        cfg = dict(holder.pretrained_cfg)
+        cfg["input_size"] = (in_chans, *size)
+        for key in ("mean", "std"):
+            if len(cfg[key]) != in_chans:
+                cfg[key] = (sum(cfg[key]) / len(cfg[key]),) * in_chans
+        holder.pretrained_cfg = holder.default_cfg = cfg
 
 
 @register_model

@@ -8,9 +8,10 @@ sequence mixer, the block layout, the norm and the class token:
 - Vim (Zhu et al. 2024, https://arxiv.org/abs/2401.09417): bidirectional Mamba
   "v2" blocks without a channel MLP, RMSNorm, class token in the middle of the
   sequence. Loads hustvl/Vim key names.
-- ViG (Liao et al. 2024, https://arxiv.org/abs/2405.18425): bidirectional GLA with
-  direction-wise gates and 2D locality injection + MLP blocks, no class token,
-  average pooling.
+- ViG (Liao et al. 2024, https://arxiv.org/abs/2405.18425): ViG's mixer
+  (bidirectional GLA with direction-wise gates and gated 2D locality) + SwiGLU
+  blocks, RMSNorm, a two-conv stem, no class token, average pooling. Loads
+  hustvl/ViG checkpoints.
 
 ``mixer=`` swaps the sequence mixer of any of them. Importing this module
 registers the models in timm.
@@ -29,11 +30,12 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from omniseq.backbones._pretrained import HUB_SOURCES
 from omniseq.backbones._timm import (
+    ConvStem,
     PatchEmbed,
     build_vision_model,
     default_cfg,
-    install_key_mapping,
     no_weight_decay_names,
     output_format,
     resize_pos_embed,
@@ -92,6 +94,7 @@ class PlainVisionModel(nn.Module):
         global_pool: ``"token"`` (class token), ``"avg"`` or ``""`` (no pooling).
         drop_rate, drop_path_rate: head dropout and stochastic depth (linear rule).
         residual_fp32: Vim's float32 residual stream (mixer-only blocks).
+        stem: ``"patch"`` (one strided conv, ViT) or ``"conv"`` (ViG's two-conv stem).
     """
 
     def __init__(
@@ -106,7 +109,7 @@ class PlainVisionModel(nn.Module):
         mixer_options: dict | None = None,
         num_heads: int | None = 3,
         mlp_ratio: float = 4.0,
-        channel_mixer: Literal["mlp", "glu", "none"] = "mlp",
+        channel_mixer: Literal["mlp", "glu", "swiglu", "none"] = "mlp",
         norm: Literal["layernorm", "rmsnorm"] = "layernorm",
         norm_eps: float = 1e-6,
         class_token: Literal["first", "middle", "none"] = "first",
@@ -114,11 +117,14 @@ class PlainVisionModel(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         residual_fp32: bool = False,
+        stem: Literal["patch", "conv"] = "patch",
         **kwargs: Any,
     ) -> None:
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
+        # timm's flag for "any input size": always true here (pos-embed resized per call).
+        kwargs.pop("dynamic_img_size", None)
         if kwargs:
             raise TypeError(f"PlainVisionModel got unknown argument(s) {sorted(kwargs)}")
         if class_token not in ("first", "middle", "none"):
@@ -131,7 +137,10 @@ class PlainVisionModel(nn.Module):
         self.class_token = class_token
         self.num_prefix_tokens = 0 if class_token == "none" else 1
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        if stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' or 'conv', got {stem!r}")
+        stem_cls = PatchEmbed if stem == "patch" else ConvStem
+        self.patch_embed = stem_cls(patch_size, in_chans, embed_dim)
         self.patch_grid = self.patch_embed.grid_size(img)
         if self.num_prefix_tokens:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -152,7 +161,6 @@ class PlainVisionModel(nn.Module):
             dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)
         ]
         self._init_weights()
-        install_key_mapping(self)
 
     @staticmethod
     def _make_block(dim, mixer, options, heads, mlp_ratio, channel_mixer, norm, eps, dpr, fp32):
@@ -315,8 +323,8 @@ _VIM = dict(
     channel_mixer="none", norm="rmsnorm", norm_eps=1e-5, class_token="middle", global_pool="token",
 )
 _VIG = dict(
-    mixer="gla", mixer_options=dict(direction_gates=True, locality=True), norm="layernorm",
-    norm_eps=1e-6, class_token="none", global_pool="avg",
+    depth=12, stem="conv", mixer="vig", norm="rmsnorm", norm_eps=1e-6, channel_mixer="swiglu",
+    mlp_ratio=8 / 3, class_token="none", global_pool="avg",
 )
 
 MODEL_ARGS: dict[str, dict[str, Any]] = {
@@ -324,26 +332,37 @@ MODEL_ARGS: dict[str, dict[str, Any]] = {
     "omni_deit_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6, **_DEIT),
     "vim_tiny_patch16_224": dict(embed_dim=192, **_VIM),
     "vim_small_patch16_224": dict(embed_dim=384, **_VIM),
-    "vig_tiny_patch16_224": dict(embed_dim=192, depth=12, num_heads=3, **_VIG),
-    "vig_small_patch16_224": dict(embed_dim=384, depth=12, num_heads=6, **_VIG),
+    "vig_tiny_patch16_224": dict(
+        embed_dim=192, num_heads=3, mixer_options=dict(conv_act=True, out_act=True), **_VIG
+    ),
+    "vig_small_patch16_224": dict(
+        embed_dim=384, num_heads=6, mixer_options=dict(conv_act=False, out_act=False), **_VIG
+    ),
+}
+
+_PAPERS = {
+    "omni_deit_tiny_patch16_224": ("deit", "https://arxiv.org/abs/2012.12877"),
+    "omni_deit_small_patch16_224": ("deit", "https://arxiv.org/abs/2012.12877"),
+    "vim_tiny_patch16_224": ("vim", "https://arxiv.org/abs/2401.09417"),
+    "vim_small_patch16_224": ("vim", "https://arxiv.org/abs/2401.09417"),
+    "vig_tiny_patch16_224": ("vig", "https://arxiv.org/abs/2405.18425"),
+    "vig_small_patch16_224": ("vig", "https://arxiv.org/abs/2405.18425"),
 }
 
 default_cfgs = {
-    name: default_cfg(pool_size=None, classifier="head", paper_ids=paper)
-    for name, paper in (
-        ("omni_deit_tiny_patch16_224", "https://arxiv.org/abs/2012.12877"),
-        ("omni_deit_small_patch16_224", "https://arxiv.org/abs/2012.12877"),
-        ("vim_tiny_patch16_224", "https://arxiv.org/abs/2401.09417"),
-        ("vim_small_patch16_224", "https://arxiv.org/abs/2401.09417"),
-        ("vig_tiny_patch16_224", "https://arxiv.org/abs/2405.18425"),
-        ("vig_small_patch16_224", "https://arxiv.org/abs/2405.18425"),
+    name: default_cfg(
+        pool_size=None, classifier="head", paper_ids=paper, **HUB_SOURCES[name],
+        first_conv="patch_embed.proj.0" if layout == "vig" else "patch_embed.proj",
     )
+    for name, (layout, paper) in _PAPERS.items()
 }
 
 
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> PlainVisionModel:
     args = {**MODEL_ARGS[variant], **kwargs}
-    return build_vision_model(PlainVisionModel, variant, pretrained, default_out_indices=4, **args)
+    return build_vision_model(
+        PlainVisionModel, variant, pretrained, default_out_indices=4, layout=_PAPERS[variant][0], **args
+    )
 
 
 @register_model

@@ -40,7 +40,7 @@ class SegmentationNet(nn.Module):
         head: ``"unetr"`` or ``"upernet"``.
         decoder_channels: width of the decoder.
         backbone_options: extra ``timm.create_model`` arguments (``depth``, ``mixer``,
-            ``img_size``, ``drop_path_rate``, ...).
+            ``img_size``, ``drop_path_rate``, ``pretrained``, ``pretrained_cfg_overlay``, ...).
     """
 
     def __init__(
