@@ -110,9 +110,10 @@ class GatedLinearAttention(Mixer):
             raise ValueError(f"gla: prod(grid) = prod({grid}) must equal L = {v.shape[1]}")
         if len(grid) != 2:
             return v
-        B, C = v.shape[0], v.shape[-1]
-        image = v.transpose(1, 2).reshape(B, C, *grid)
-        return v + self.local_conv(image).flatten(2).transpose(1, 2)
+        B, L, C = v.shape
+        # (B, L, C) is a channels-last image: convolve the view, no NCHW round trip.
+        image = v.reshape(B, *grid, C).permute(0, 3, 1, 2)
+        return v + self.local_conv(image).permute(0, 2, 3, 1).reshape(B, L, C)
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-head RMSNorm, swish output gate, output projection."""
