@@ -1,4 +1,4 @@
-"""DNAEncoder: embed DNA sequences (or a FASTA file), classify them, save and load.
+"""DNAEncoder: embed DNA sequences (or a FASTA/FASTQ file), classify them, save and load.
 
     enc = DNAEncoder.from_checkpoint("runs/genomics/gue_caduceus_ps/checkpoints/best.ckpt")
     out = enc.embed(["ACGT...", "GGCA..."])        # out["pooled"] (N, D), out["tokens"][i] (L_i, F)
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from omniseq._files import UnsafeFileError
 from omniseq.api._saved import load_payload, save_payload
 from omniseq.backbones.dna import DNAModel
-from omniseq.domains.genomics import NucleotideTokenizer, read_fasta
+from omniseq.domains.genomics import NucleotideTokenizer, iter_sequences
 from omniseq.recipes.catalogue import registered_class, registered_name
 from omniseq.recipes.checkpoints import read_checkpoint
 from omniseq.recipes.genomics import DNAPretrainTask, SequenceClassificationTask
@@ -141,7 +141,7 @@ class DNAEncoder:
                     f"{sequences}: no such FASTA file (a string with '/' or '.' is read as a path; "
                     "pass a list of strings to embed sequences)"
                 )
-            pairs = read_fasta(sequences)
+            pairs = list(iter_sequences(sequences))  # FASTA or FASTQ
             return [s for _, s in pairs], [r for r, _ in pairs]
         if isinstance(sequences, str):
             sequences = [sequences]

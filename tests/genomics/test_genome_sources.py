@@ -92,3 +92,14 @@ def test_reads_hold_out_whole_records(tmp_path):
     data.setup()
     assert set(_decoded(data.datasets["train"])) <= set(reads[:8])
     assert _decoded(data.datasets["val"]) == reads[8:]
+
+
+def test_dna_encoder_embeds_a_fastq_like_its_strings(tmp_path):
+    from omniseq.api.dna_encoder import DNAEncoder
+    from omniseq.backbones.dna import DNAModel
+
+    (tmp_path / "r.fq").write_text("@q1\nACGTAC\n+\nIIIIII\n@q2\nGGCA\n+\nIIII\n")
+    encoder = DNAEncoder(DNAModel(dim=16, depth=1, mixer="attention", pos_embed="sinusoidal"))
+    out = encoder.embed(str(tmp_path / "r.fq"), tokens=False)
+    assert out["ids"] == ["q1", "q2"]
+    np.testing.assert_allclose(out["pooled"], encoder.embed(["ACGTAC", "GGCA"], tokens=False)["pooled"], rtol=1e-6)
