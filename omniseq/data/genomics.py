@@ -346,18 +346,19 @@ class GenomePretrainDataModule(ResumableDataModuleMixin):
         self.datasets["val"] = self._windows(held, self.val_windows, False, "held-out part", options)
         self._report(len(encoded))
 
-    def _windows(self, segments, count: int, random: bool, part: str, options: dict) -> GenomeWindows:
+    def _windows(self, segments: list[np.ndarray], count: int, random: bool, part: str, options: dict) -> GenomeWindows:
+        """Windows of the training or held-out part; an error says which part fails and the fix."""
         try:
             return GenomeWindows(segments, self.seq_len, count, random, self.seed, **options)
         except ValueError as err:
-            where = "the held-out tail" if part == "held-out part" and self.holdout == "tail" else f"the {part}"
-            longest = max((len(s) for s in segments), default=0)
-            fraction = f"holdout_fraction={self.holdout_fraction}"
-            fix = (f"lower seq_len, raise {fraction}, or use longer records"
-                   if part == "held-out part" else f"lower seq_len or {fraction}, or use longer records")
-            if str(err) != "no window fits":
+            held = part == "held-out part"
+            where = "the held-out tail" if held and self.holdout == "tail" else f"the {part}"
+            if str(err) != "no window fits":  # every window is mostly N
                 fix = f"raise max_n_fraction={self.max_n_fraction} (1.0 keeps every window) or use other records"
                 raise ValueError(f"{self._source()}: {err} in {where} ({len(segments)} segment(s)); {fix}") from None
+            fraction = f"holdout_fraction={self.holdout_fraction}"
+            fix = f"lower seq_len, {'raise' if held else 'lower'} {fraction}, or use longer records"
+            longest = max((len(s) for s in segments), default=0)
             raise ValueError(
                 f"{self._source()}: {where} is too short for seq_len={self.seq_len}: its longest "
                 f"segment has {longest} tokens ({fraction}, holdout={self.holdout!r}); {fix}"
