@@ -126,8 +126,8 @@ def test_float32_matches_float64_reference(regime, reverse, backend):
 def test_compiled_float32_gradients_match_float64_reference(reverse):
     gen = torch.Generator().manual_seed(7)
     flags = dict(D=True, z=True, delta_bias=True, initial_state=True)
-    base = make_inputs(2, 300, 5, 16, "negative", gen, **flags)
-    weight = torch.randn(2, 300, 5, generator=gen, dtype=torch.float64)
+    base = make_inputs(2, 300, 21, 16, "negative", gen, **flags)  # a 16-channel block and 5 more
+    weight = torch.randn(2, 300, 21, generator=gen, dtype=torch.float64)
     grads = []
     for dtype, fn in ((torch.float32, selective_scan), (torch.float64, selective_scan_reference)):
         inputs = {k: v.to(dtype).requires_grad_() for k, v in base.items()}
@@ -143,10 +143,10 @@ def test_compiled_float32_gradients_match_float64_reference(reverse):
 @NEEDS_COMPILED
 def test_compiled_kernel_splits_channels_over_threads():
     gen = torch.Generator().manual_seed(8)
-    base = make_inputs(2, 31, 7, 3, "negative", gen, D=True, initial_state=True)
+    base = make_inputs(2, 31, 39, 3, "negative", gen, D=True, initial_state=True)
     results = []
     previous = torch.get_num_threads()
-    for threads in (1, 3):  # 3 slices of 7 channels: uneven, and dB/dC summed across slices
+    for threads in (1, 2):  # slices of 20 and 19 channels (a block and leftovers); dB/dC summed across slices
         torch.set_num_threads(threads)
         try:
             inputs = {k: v.clone().requires_grad_() for k, v in base.items()}

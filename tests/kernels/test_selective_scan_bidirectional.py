@@ -49,12 +49,13 @@ def grads_of(fn, inputs, weight, **options):
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("nstate", [3, 4, 8, 16])  # the compiled kernel specialises 4, 8, 16
 @pytest.mark.parametrize("softplus", [True, False])
-def test_matches_reference_float64_with_gradients(backend, nstate, softplus):
-    inputs = make_inputs(3, 37, 5, nstate, seed=nstate)
+@pytest.mark.parametrize("dim", [5, 37])  # the kernel's 16-channel blocks, and leftover channels
+def test_matches_reference_float64_with_gradients(backend, nstate, softplus, dim):
+    inputs = make_inputs(3, 37, dim, nstate, seed=nstate)
     if not softplus:
         inputs["delta"] = inputs["delta"].abs()
         inputs["delta_bias"] = inputs["delta_bias"].abs()
-    weight = torch.randn(2, 3, 37, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    weight = torch.randn(2, 3, 37, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y_ref, g_ref = grads_of(selective_scan_bidirectional_reference, inputs, weight, delta_softplus=softplus)
     y, g = grads_of(selective_scan_bidirectional, inputs, weight, delta_softplus=softplus, backend=backend)
     torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-11)
@@ -64,8 +65,8 @@ def test_matches_reference_float64_with_gradients(backend, nstate, softplus):
 
 @NEEDS_COMPILED
 def test_float32_matches_float64_reference_with_gradients():
-    inputs = make_inputs(2, 150, 6, 16, seed=3)
-    weight = torch.randn(2, 2, 150, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    inputs = make_inputs(2, 150, 22, 16, seed=3)
+    weight = torch.randn(2, 2, 150, 22, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     y_ref, g_ref = grads_of(selective_scan_bidirectional_reference, inputs, weight, delta_softplus=True)
     single = {k: v.float() for k, v in inputs.items()}
     y, g = grads_of(selective_scan_bidirectional, single, weight, delta_softplus=True, backend="cpu")
@@ -78,10 +79,10 @@ def test_float32_matches_float64_reference_with_gradients():
 
 @NEEDS_COMPILED
 def test_threads_split_channels_of_both_directions():
-    inputs = make_inputs(2, 21, 7, 4, seed=5)
-    weight = torch.randn(2, 2, 21, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    inputs = make_inputs(2, 21, 41, 4, seed=5)
+    weight = torch.randn(2, 2, 21, 41, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     previous, results = torch.get_num_threads(), []
-    for threads in (1, 3):  # 3 uneven slices; dA and dD of both directions owned per slice
+    for threads in (1, 2):  # 2 uneven slices of blocks and leftovers; dA and dD owned per slice
         torch.set_num_threads(threads)
         try:
             results.append(grads_of(selective_scan_bidirectional, inputs, weight, delta_softplus=True, backend="cpu"))

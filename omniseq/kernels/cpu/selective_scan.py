@@ -30,7 +30,7 @@ __all__ = ["selective_scan_cpu_core", "softplus_with_bias_cpu"]
 
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 # Channels per vector block of the kernel (selective_scan_body.h).
-_LANES = 8
+_LANES = 16
 
 
 def _kernel(name: str, dtype: torch.dtype):

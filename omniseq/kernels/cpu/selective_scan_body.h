@@ -4,7 +4,7 @@
  * Vectorised across channels: a block of W adjacent channels of one batch row walks
  * the sequence together, its W x N states in registers. The loads of u, dt, y are
  * contiguous W-vectors, exp(dt * A) is W lanes wide, and nothing is reduced across
- * lanes in the forward pass. Blocks are W = 8 wide; a slice's leftover channels run
+ * lanes in the forward pass. Blocks are W = 16 wide; a slice's leftover channels run
  * as blocks of one. */
 
 #define CAT_(a, b) a##_##b
@@ -21,13 +21,13 @@ static inline __attribute__((always_inline)) void FN(fwd_block)(
             a[n * W + j] = A_g[(d0 + j) * nstate + n];
             h[n * W + j] = h0 ? h0[(b * dim + d0 + j) * nstate + n] : (T)0;
         }
-    T skip[8];
+    T skip[16];
     for (int64_t j = 0; j < W; ++j) skip[j] = skip_g ? skip_g[d0 + j] : (T)0;
     for (int64_t s = 0; s < length; ++s) {
         int64_t t = reverse ? length - 1 - s : s;
         int64_t at = (b * length + t) * dim + d0;
         const T *b_t = Bm + (b * length + t) * nstate, *c_t = Cm + (b * length + t) * nstate;
-        T step[8], x[8], drive[8], acc[8];
+        T step[16], x[16], drive[16], acc[16];
         for (int64_t j = 0; j < W; ++j) {
             step[j] = dt[at + j];
             x[j] = u[at + j];
@@ -51,7 +51,7 @@ static inline __attribute__((always_inline)) void FN(fwd_block)(
 }
 
 /* states[s] holds the W x N states before step s; decay[s] = exp(dt_s * A). The
- * channel block owns its channels of du, ddt, dA, dD, dh0. dB and dC are (B, L, N, 8)
+ * channel block owns its channels of du, ddt, dA, dD, dh0. dB and dC are (B, L, N, 16)
  * buffers of the slice: lane j gathers channel d0 + j of every block, so no sum
  * across lanes is taken here (the caller sums over slices and lanes). */
 static inline __attribute__((always_inline)) void FN(bwd_block)(
@@ -70,7 +70,7 @@ static inline __attribute__((always_inline)) void FN(bwd_block)(
             g[n * W + j] = g_last ? g_last[(b * dim + d0 + j) * nstate + n] : (T)0;
             da[n * W + j] = 0;
         }
-    T skip[8], grad_skip[8];
+    T skip[16], grad_skip[16];
     for (int64_t j = 0; j < W; ++j) {
         skip[j] = skip_g ? skip_g[d0 + j] : (T)0;
         grad_skip[j] = 0;
@@ -79,7 +79,7 @@ static inline __attribute__((always_inline)) void FN(bwd_block)(
         int64_t t = reverse ? length - 1 - s : s;
         int64_t at = (b * length + t) * dim + d0;
         const T *b_t = Bm + (b * length + t) * nstate;
-        T step[8], drive[8];
+        T step[16], drive[16];
         for (int64_t j = 0; j < W; ++j) {
             step[j] = dt[at + j];
             drive[j] = step[j] * u[at + j];
@@ -98,9 +98,9 @@ static inline __attribute__((always_inline)) void FN(bwd_block)(
         int64_t t = reverse ? length - 1 - s : s;
         int64_t at = (b * length + t) * dim + d0;
         const T *b_t = Bm + (b * length + t) * nstate, *c_t = Cm + (b * length + t) * nstate;
-        T *db_t = dB + (b * length + t) * nstate * 8, *dc_t = dC + (b * length + t) * nstate * 8;
+        T *db_t = dB + (b * length + t) * nstate * 16, *dc_t = dC + (b * length + t) * nstate * 16;
         const T *prev = states + s * stride, *cur = states + (s + 1) * stride, *dec = decay + s * stride;
-        T step[8], x[8], grad_y[8], grad_dt[8], grad_u[8];
+        T step[16], x[16], grad_y[16], grad_dt[16], grad_u[16];
         for (int64_t j = 0; j < W; ++j) {
             step[j] = dt[at + j];
             x[j] = u[at + j];
@@ -110,7 +110,7 @@ static inline __attribute__((always_inline)) void FN(bwd_block)(
         }
         for (int64_t n = 0; n < nstate; ++n) {
             T bn = b_t[n], cn = c_t[n];
-            T *gn = g + n * W, *dan = da + n * W, *dbn = db_t + n * 8, *dcn = dc_t + n * 8;
+            T *gn = g + n * W, *dan = da + n * W, *dbn = db_t + n * 16, *dcn = dc_t + n * 16;
             const T *an = a + n * W;
             for (int64_t j = 0; j < W; ++j) {
                 T gh = gn[j] + grad_y[j] * cn;
@@ -143,16 +143,16 @@ int64_t FN(selective_scan_fwd)(
     int64_t groups, int64_t reverse_mask, const T *u, const T *dt, const T *A, const T *Bm,
     const T *Cm, const T *Dskip, const T *h0, T *y, T *h_last) {
     if (groups < 1 || batch % groups) return -2;
-    T *scratch = malloc(sizeof(T) * 2 * 8 * (nstate > 0 ? nstate : 1));
+    T *scratch = malloc(sizeof(T) * 2 * 16 * (nstate > 0 ? nstate : 1));
     if (!scratch) return -1;
-    T *h = scratch, *a = scratch + 8 * nstate;
+    T *h = scratch, *a = scratch + 16 * nstate;
     for (int64_t b = 0; b < batch; ++b) {
         int64_t group = b / (batch / groups);
         int reverse = (int)((reverse_mask >> group) & 1);
         const T *A_g = A + group * dim * nstate, *skip_g = Dskip ? Dskip + group * dim : NULL;
         int64_t d = d_start;
-        for (; d + 8 <= d_stop; d += 8)
-            FN(fwd_block)(8, b, d, length, dim, nstate, reverse, u, dt, A_g, Bm, Cm, skip_g, h0, y,
+        for (; d + 16 <= d_stop; d += 16)
+            FN(fwd_block)(16, b, d, length, dim, nstate, reverse, u, dt, A_g, Bm, Cm, skip_g, h0, y,
                           h_last, h, a);
         for (; d < d_stop; ++d)
             FN(fwd_block)(1, b, d, length, dim, nstate, reverse, u, dt, A_g, Bm, Cm, skip_g, h0, y,
@@ -168,7 +168,7 @@ int64_t FN(selective_scan_bwd)(
     const T *Cm, const T *Dskip, const T *h0, const T *gy, const T *g_last, T *du, T *ddt,
     T *dA, T *dD, T *dB, T *dC, T *dh0) {
     if (groups < 1 || batch % groups) return -2;
-    int64_t block = 8 * (nstate > 0 ? nstate : 1);
+    int64_t block = 16 * (nstate > 0 ? nstate : 1);
     T *states = malloc(sizeof(T) * (length + 1) * block);
     T *decay = malloc(sizeof(T) * (length > 0 ? length : 1) * block);
     T *small = malloc(sizeof(T) * 3 * block);
@@ -179,8 +179,8 @@ int64_t FN(selective_scan_bwd)(
         const T *A_g = A + group * dim * nstate, *skip_g = Dskip ? Dskip + group * dim : NULL;
         T *dA_g = dA + group * dim * nstate, *dD_g = dD ? dD + group * dim : NULL;
         int64_t d = d_start;
-        for (; d + 8 <= d_stop; d += 8)
-            FN(bwd_block)(8, b, d, length, dim, nstate, reverse, u, dt, A_g, Bm, Cm, skip_g, h0,
+        for (; d + 16 <= d_stop; d += 16)
+            FN(bwd_block)(16, b, d, length, dim, nstate, reverse, u, dt, A_g, Bm, Cm, skip_g, h0,
                           gy, g_last, du, ddt, dA_g, dD_g, dB, dC, dh0, states, decay, small,
                           small + block, small + 2 * block);
         for (; d < d_stop; ++d)
