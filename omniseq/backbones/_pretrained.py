@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import pickle
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import torch
 from timm.layers import resize_rel_pos_bias_table
@@ -29,6 +31,7 @@ from torch import nn
 
 __all__ = [
     "HUB_SOURCES",
+    "check_pretrained_file",
     "pretrained_load_context",
     "deit_checkpoint_filter_fn",
     "swin_checkpoint_filter_fn",
@@ -156,13 +159,35 @@ FILTERS: dict[str, Callable[[dict, nn.Module], dict[str, torch.Tensor]]] = {
 }
 
 
+def check_pretrained_file(variant: str, overlay: dict | None) -> None:
+    """A local weights file that is not there: say so before timm does (with an empty message)."""
+    path = (overlay or {}).get("file")
+    if path and not Path(path).is_file():
+        source = HUB_SOURCES.get(variant, {}).get("hf_hub_id", "the model's official release")
+        raise FileNotFoundError(
+            f"{variant}: pretrained_cfg_overlay file {str(path)!r} does not exist or is not a file; "
+            f"download the official weights ({source}) and give their path, or use pretrained=False"
+        )
+
+
 @contextlib.contextmanager
-def pretrained_load_context(pretrained: bool) -> Iterator[None]:
+def pretrained_load_context(pretrained: bool, variant: str = "") -> Iterator[None]:
     """While timm reads official weights (``weights_only=True`` throughout): hustvl/Vim's
     and DeiT's training checkpoints store their ``argparse.Namespace`` of settings
-    beside the weights, a plain attribute bag that is safe to rebuild."""
+    beside the weights, a plain attribute bag that is safe to rebuild. Anything else
+    that is not plain data is refused with the way out."""
     if not pretrained:
         yield
         return
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        yield
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            yield
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        if not isinstance(error, pickle.UnpicklingError) and "weights_only" not in str(error):
+            raise
+        raise RuntimeError(
+            f"{variant}: the weights file holds objects besides tensors (e.g. a training config), which "
+            "are not loaded (weights_only=True). Re-save only its weights (the 'model' entry) as "
+            "safetensors or a plain state dict, in an environment where you trust the file, and "
+            f"pass that file. ({str(error).splitlines()[0]})"
+        ) from error

@@ -242,11 +242,17 @@ def build_vision_model(
     """``build_model_with_cfg`` with the checkpoint filter of the weights' ``layout``
     (``"deit"``, ``"swin"``, ``"vim"``, ``"vig"``; see ``omniseq.backbones._pretrained``)
     and the getter feature wrapper."""
-    from omniseq.backbones._pretrained import FILTERS, pretrained_load_context
+    from omniseq.backbones._pretrained import (
+        FILTERS,
+        check_pretrained_file,
+        pretrained_load_context,
+    )
 
     out_indices = kwargs.pop("out_indices", default_out_indices)
     filter_fn = FILTERS[layout]
-    with pretrained_load_context(pretrained):
+    if pretrained:
+        check_pretrained_file(variant, kwargs.get("pretrained_cfg_overlay"))
+    with pretrained_load_context(pretrained, variant):
         model = build_model_with_cfg(
             model_cls,
             variant,
