@@ -35,7 +35,12 @@ from omniseq.data.series_io import (
     warn_sentinels,
 )
 from omniseq.data.synthetic import make_synthetic_series
-from omniseq.domains.timeseries.time_features import canonical_freq, infer_freq, time_features
+from omniseq.domains.timeseries.time_features import (
+    canonical_freq,
+    infer_freq,
+    pandas_infer_freq,
+    time_features,
+)
 
 __all__ = ["ETT_COLUMNS", "ForecastingDataModule", "WindowDataset", "date_borders", "resolve_split", "split_borders"]
 
@@ -347,7 +352,7 @@ class ForecastingDataModule(ResumableDataModuleMixin):
         return frame
 
     def _warn_irregular(self, dates: pd.DatetimeIndex) -> None:
-        if len(dates) < 3 or pd.infer_freq(dates) is not None:
+        if len(dates) < 3 or pandas_infer_freq(dates) is not None:
             return  # regular (calendar steps such as month ends included)
         steps = pd.Series(dates).diff().iloc[1:]
         common = steps.mode().iloc[0]

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from omniseq.domains.timeseries.time_features import pandas_infer_freq
+
 __all__ = [
     "FillMethod", "SentinelWarning", "fill_missing", "find_sentinels", "frame_from_object", "load_xarray",
     "pandas_freq", "parse_dates", "read_table", "table_kind",
@@ -187,7 +189,7 @@ def pandas_freq(dates: pd.DatetimeIndex) -> pd.DateOffset | pd.Timedelta:
     """
     if len(dates) < 2:
         raise ValueError(f"need at least 2 timestamps to know the step, got {len(dates)}")
-    inferred = pd.infer_freq(dates[-min(len(dates), 1000):]) if len(dates) >= 3 else None
+    inferred = pandas_infer_freq(dates[-min(len(dates), 1000):]) if len(dates) >= 3 else None
     if inferred is not None:
         return pd.tseries.frequencies.to_offset(inferred)
     return pd.Series(dates).diff().dropna().mode().iloc[0]

@@ -23,12 +23,13 @@ Frequencies may be given as pandas aliases with a multiple (``15min``, ``2h``,
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["FEATURES_BY_FREQ", "canonical_freq", "infer_freq", "num_time_features", "time_features"]
+__all__ = ["FEATURES_BY_FREQ", "canonical_freq", "infer_freq", "num_time_features", "pandas_infer_freq", "time_features"]
 
 _Feature = Callable[[pd.DatetimeIndex], np.ndarray]
 
@@ -46,7 +47,7 @@ def _hour_of_day(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def _day_of_week(index: pd.DatetimeIndex) -> np.ndarray:
-    return index.dayofweek.to_numpy() / 6.0 - 0.5
+    return index.day_of_week.to_numpy() / 6.0 - 0.5
 
 
 def _day_of_month(index: pd.DatetimeIndex) -> np.ndarray:
@@ -54,7 +55,7 @@ def _day_of_month(index: pd.DatetimeIndex) -> np.ndarray:
 
 
 def _day_of_year(index: pd.DatetimeIndex) -> np.ndarray:
-    return (index.dayofyear.to_numpy() - 1) / 365.0 - 0.5
+    return (index.day_of_year.to_numpy() - 1) / 365.0 - 0.5
 
 
 def _month_of_year(index: pd.DatetimeIndex) -> np.ndarray:
@@ -101,11 +102,19 @@ def canonical_freq(freq: str) -> str:
     return _UNITS[unit]
 
 
+def pandas_infer_freq(index: pd.DatetimeIndex) -> str | None:
+    """``pd.infer_freq`` as a string, without pandas' notice that it will return an offset."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        inferred = pd.infer_freq(index)
+    return getattr(inferred, "freqstr", inferred)
+
+
 def infer_freq(index: pd.DatetimeIndex) -> str:
     """Frequency code of a regular index (median spacing when pandas cannot infer it)."""
     if len(index) < 2:
         raise ValueError(f"infer_freq needs at least 2 timestamps, got {len(index)}")
-    inferred = pd.infer_freq(index[: min(len(index), 1000)]) if len(index) >= 3 else None
+    inferred = pandas_infer_freq(index[: min(len(index), 1000)]) if len(index) >= 3 else None
     if inferred is not None:
         return canonical_freq(inferred)
     step = pd.Series(index).diff().median()
