@@ -21,6 +21,7 @@ from omniseq.domains.vision.segmentation import SegmentationNet
 from omniseq.recipes.checkpoints import read_checkpoint
 from omniseq.recipes.progress import fit_callbacks
 from omniseq.recipes.segmentation import (
+    PRETRAINED_OPTIONS,
     SegmentationTask,
     class_colours,
     class_labels,
@@ -101,7 +102,7 @@ class Segmenter:
         options = {k: v for k, v in (net.get("init_args") or {}).items() if k in NET_OPTIONS}
         # The checkpoint holds the fine-tuned weights: the pretrained ones it started from are not read.
         options["backbone_options"] = {k: v for k, v in (options.get("backbone_options") or {}).items()
-                                       if k not in ("pretrained", "pretrained_cfg_overlay")}
+                                       if k not in PRETRAINED_OPTIONS}
         seg = cls(
             options.pop("backbone"), window=hparams.get("window"), lr=hparams.get("lr", 1e-3),
             ignore_index=hparams.get("ignore_index", 255), class_names=hparams.get("class_names"), **options,

@@ -29,6 +29,7 @@ from omniseq.recipes.hparams import save_task_hyperparameters
 
 __all__ = ["OverlayWriter", "SegmentationTask", "class_colours", "dice_loss", "follow_data", "save_overlay"]
 
+PRETRAINED_OPTIONS = ("pretrained", "pretrained_cfg_overlay")
 # Distinct colours for the first classes (then golden-angle hues): class 0 is coloured too.
 BASE_COLOURS = np.array([
     [0.12, 0.47, 0.71], [1.0, 0.5, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16], [0.58, 0.4, 0.74],
@@ -179,6 +180,8 @@ def follow_data(config: Any, subcommand: str | None) -> None:
     if data is None or model is None or not _is_subclass(_get(data, "class_path"), SegmentationDataModule):
         return
     data_args, args = _get(data, "init_args"), _get(model, "init_args")
+    if _get(config, "ckpt_path"):
+        _skip_pretrained(_get(_get(args, "backbone"), "init_args"))
     if subcommand in ("test", "predict", "validate") and _get(config, "ckpt_path"):
         # The model is the checkpoint's: the data takes its classes where it states none.
         count, names = _get(data_args, "num_classes"), _get(data_args, "class_names")
@@ -214,6 +217,14 @@ def follow_data(config: Any, subcommand: str | None) -> None:
     elif len(crop) == 2:
         options["img_size"] = crop[0] if crop[0] == crop[1] else crop
         backbone.backbone_options = options
+
+
+def _skip_pretrained(backbone: Any) -> None:
+    """A checkpoint holds the fine-tuned weights: the pretrained file it started from is not read
+    again (it may be gone, or offline)."""
+    options = _plain(_get(backbone, "backbone_options")) if backbone is not None else None
+    if options and any(k in options for k in PRETRAINED_OPTIONS):
+        backbone.backbone_options = {k: v for k, v in options.items() if k not in PRETRAINED_OPTIONS}
 
 
 def _plain(value: Any) -> Any:

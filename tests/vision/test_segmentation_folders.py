@@ -177,3 +177,37 @@ def test_saved_files_of_the_previous_layout_keep_their_normalisation(tmp_path):
     torch.testing.assert_close(again.std, torch.tensor([0.2]))
     image = np.random.default_rng(0).random((40, 36)).astype(np.float32)
     np.testing.assert_array_equal(again.predict(image), seg.predict(image))
+
+
+def test_pretrained_weights_load_into_the_segmentation_encoder(tmp_path):
+    import timm
+
+    official = timm.create_model("deit_tiny_patch16_224").state_dict()  # timm's layout and names
+    torch.save(official, tmp_path / "deit_tiny.pth")
+    from omniseq.domains.vision import SegmentationNet
+
+    net = SegmentationNet("omni_deit_tiny_patch16_224", 3, in_chans=1, backbone_options={
+        "pretrained": True, "pretrained_cfg_overlay": {"file": str(tmp_path / "deit_tiny.pth")}, "img_size": 32})
+    mine = net.encoder.state_dict()
+    torch.testing.assert_close(mine["model.blocks.5.mixer.qkv.weight"], official["blocks.5.attn.qkv.weight"])
+    # Gray images: the RGB patch embedding is summed over its colour channels (timm's adapt_input_conv).
+    torch.testing.assert_close(mine["model.patch_embed.proj.weight"][:, 0], official["patch_embed.proj.weight"].sum(1))
+
+
+@pytest.mark.slow
+def test_fine_tuned_checkpoint_predicts_without_the_pretrained_file(tmp_path):
+    import timm
+
+    data, run, weights = tmp_path / "mydata", tmp_path / "run", tmp_path / "deit_tiny.pth"
+    write_dataset(data, {"train": 2, "val": 1})
+    torch.save(timm.create_model("deit_tiny_patch16_224", depth=2).state_dict(), weights)  # a 2-block DeiT-T
+    options = f"{{depth: 2, pretrained: true, pretrained_cfg_overlay: {{file: {weights}}}}}"
+    args = cli_args(data, run, "--model.backbone.backbone", "omni_deit_tiny_patch16_224",
+                    "--model.backbone.backbone_options", options)
+    main(["fit", *args])
+    weights.unlink()  # the checkpoint holds the fine-tuned weights; the file it started from is not needed
+    best = run / "checkpoints" / "best.ckpt"
+    assert Segmenter.from_checkpoint(best).predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+    main(["predict", *args, "--data.predict_images", str(data / "val" / "images"),
+          "--trainer.default_root_dir", str(tmp_path / "out"), "--ckpt_path", str(best)])
+    assert [p.name for p in (tmp_path / "out" / "overlays").iterdir()] == ["val_0.png"]
