@@ -97,6 +97,7 @@ class Forecaster:
         model_options: backbone arguments over the recipe's (e.g. ``{"d_model": 128}``).
         max_epochs, batch_size, lr, lr_decay, patience, seed: training settings.
         default_root_dir: where the checkpoints go (``<dir>/checkpoints/best.ckpt``; printed).
+            None: a new ``runs/forecaster/version_<n>`` per fit, so no fit overwrites another's.
         trainer_options: extra ``lightning.Trainer`` arguments (e.g. ``limit_train_batches``).
     """
 
@@ -124,7 +125,7 @@ class Forecaster:
         lr_decay: float | None = None,
         patience: int | None = None,
         seed: int | None = None,
-        default_root_dir: str | Path = "runs/forecaster",
+        default_root_dir: str | Path | None = None,
         trainer_options: dict | None = None,
     ) -> None:
         if model is not None and model not in MODELS:
@@ -136,7 +137,7 @@ class Forecaster:
         config = {k: (defaults.get(k) if v is None else v) for k, v in given.items()}
         config["model_options"] = {**defaults["model_options"], **(model_options or {})}
         config["ratios"] = tuple(ratios)
-        config["default_root_dir"] = str(default_root_dir)
+        config["default_root_dir"] = None if default_root_dir is None else str(default_root_dir)
         config["recipe"] = recipe or DEFAULT_RECIPES[config["model"]]
         self.config = config
         self.task: ForecastingTask | None = None
@@ -173,7 +174,7 @@ class Forecaster:
         dm.setup()
         L.seed_everything(self.config["seed"], verbose=False)
         self.task = self._task(self._backbone(dm.num_channels, dm.num_time_features))
-        root = Path(self.config["default_root_dir"]).expanduser()
+        root = _run_folder(self.config["default_root_dir"])
         best = ModelCheckpoint(dirpath=root / "checkpoints", monitor="val/loss", mode="min", filename="best",
                                enable_version_counter=False)
         progress = fit_callbacks(verbose, self.config["trainer_options"])
@@ -396,6 +397,15 @@ class Forecaster:
 
 
 SETTINGS_KEY = "omniseq_forecaster_settings"
+
+
+def _run_folder(default_root_dir: str | None) -> Path:
+    """The folder of this fit: the one given, else the next free ``runs/forecaster/version_<n>``."""
+    if default_root_dir is not None:
+        return Path(default_root_dir).expanduser()
+    base = Path("runs/forecaster")
+    taken = [int(p.name.split("_")[1]) for p in base.glob("version_*") if p.name.split("_")[1].isdigit()]
+    return base / f"version_{max(taken, default=-1) + 1}"
 
 
 class _StoreSettings(L.Callback):

@@ -121,6 +121,17 @@ def test_checkpoints_stay_in_default_root_dir(frame, tmp_path, capsys):
     pd.testing.assert_frame_equal(Forecaster.from_checkpoint(best).predict(12), fc.predict(12))
 
 
+def test_default_checkpoint_folders_do_not_overwrite_each_other(frame, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = {**TINY, "trainer_options": {**TINY["trainer_options"], "limit_train_batches": 1}}
+    first, second = Forecaster(**options).fit(frame), Forecaster(**options, seed=1).fit(frame)
+    runs = tmp_path / "runs" / "forecaster"
+    assert sorted(p.name for p in runs.iterdir()) == ["version_0", "version_1"]
+    for version, fitted_model in (("version_0", first), ("version_1", second)):
+        reloaded = Forecaster.from_checkpoint(runs / version / "checkpoints" / "best.ckpt")
+        pd.testing.assert_frame_equal(reloaded.predict(8), fitted_model.predict(8))
+
+
 def test_from_checkpoint_of_a_cli_run_predicts_with_the_stored_scaling(frame, tmp_path):
     path = tmp_path / "series.csv"
     frame.to_csv(path, index=False)
