@@ -33,7 +33,10 @@ def _grid_channels(data_args, which: str = "inputs") -> int:
 
     from omniseq.data.gridded import grid_channel_count
 
-    return grid_channel_count(OmegaConf.to_container(data_args, resolve=True), which)
+    try:
+        return grid_channel_count(OmegaConf.to_container(data_args, resolve=True), which)
+    except (OSError, ValueError) as err:  # omegaconf would bury the reason under its own traceback
+        raise SystemExit(f"omniseq: cannot open the gridded data to count its channels: {err}") from None
 
 
 def register_config_resolvers() -> None:

@@ -91,3 +91,8 @@ def test_mask_errors_name_the_variable_and_cell(tmp_path):
         GriddedDataModule(data=grid, mask="none")
     with pytest.raises(ValueError, match=r"mask 'sea' is neither a variable of the data"):
         GriddedDataModule(data=grid, mask="sea")
+
+
+def test_a_missing_grid_file_stops_with_its_name(tmp_path):
+    with pytest.raises(SystemExit, match=r"cannot open the gridded data to count its channels: .*nope\.nc"):
+        build_cli(demo("fit", tmp_path, "--data.path", str(tmp_path / "nope.nc")))
