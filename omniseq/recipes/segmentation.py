@@ -24,7 +24,7 @@ from torchmetrics.classification import (
 
 from omniseq._files import atomic_path
 from omniseq.domains.vision.inference import sliding_window_inference
-from omniseq.recipes.checkpoints import CheckpointOrigin
+from omniseq.recipes.checkpoints import CheckpointOrigin, read_checkpoint
 from omniseq.recipes.hparams import save_task_hyperparameters
 
 __all__ = ["OverlayWriter", "SegmentationTask", "class_colours", "dice_loss", "follow_data", "save_overlay"]
@@ -341,6 +341,20 @@ class SegmentationTask(CheckpointOrigin, L.LightningModule):
             self.set_normalization(data.mean.to(self.pixel_mean), data.std.to(self.pixel_std))
 
     follow_data = staticmethod(follow_data)  # the CLI's hook: the config follows the DataModule
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's loader, without reading the pretrained weights file the fit started from
+        (the checkpoint holds the fine-tuned weights; that file may be gone or offline)."""
+        if "backbone" not in kwargs and isinstance(checkpoint_path, (str, Path)) and Path(checkpoint_path).is_file():
+            net = (read_checkpoint(checkpoint_path).get("hyper_parameters") or {}).get("backbone")
+            if isinstance(net, dict) and isinstance(net.get("init_args"), dict):
+                init_args = dict(net["init_args"])
+                options = dict(init_args.get("backbone_options") or {})
+                if any(k in options for k in PRETRAINED_OPTIONS):
+                    init_args["backbone_options"] = {k: v for k, v in options.items() if k not in PRETRAINED_OPTIONS}
+                    kwargs["backbone"] = {**net, "init_args": init_args}
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)

@@ -208,6 +208,9 @@ def test_fine_tuned_checkpoint_predicts_without_the_pretrained_file(tmp_path):
     weights.unlink()  # the checkpoint holds the fine-tuned weights; the file it started from is not needed
     best = run / "checkpoints" / "best.ckpt"
     assert Segmenter.from_checkpoint(best).predict(np.zeros((20, 30, 3), np.uint8)).shape == (20, 30)
+    from omniseq.recipes.segmentation import SegmentationTask
+
+    assert SegmentationTask.load_from_checkpoint(best).backbone.in_chans == 3
     main(["predict", *args, "--data.predict_images", str(data / "val" / "images"),
           "--trainer.default_root_dir", str(tmp_path / "out"), "--ckpt_path", str(best)])
     assert [p.name for p in (tmp_path / "out" / "overlays").iterdir()] == ["val_0.png"]
