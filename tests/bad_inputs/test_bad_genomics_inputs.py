@@ -110,3 +110,16 @@ def test_heldout_tail_too_short_says_so(tmp_path):
     with pytest.raises(ValueError, match=r"g\.fa: the held-out tail is too short for seq_len=50: its longest "
                                          r"segment has 10 tokens .*lower seq_len, raise holdout_fraction"):
         GenomePretrainDataModule(str(tmp_path / "g.fa"), seq_len=50).setup()
+
+
+@pytest.mark.parametrize("recipe", ["genomics/gue_caduceus_ps"])
+def test_gue_recipe_with_data_dir_alone_reads_the_folder(tmp_path, recipe):
+    from omniseq.recipes.cli import build_cli, resolve_config_args
+
+    folder = _splits(tmp_path, "sequence,label\nACGT,0\nACGA,1\n")
+    config = resolve_config_args(["--config", recipe])[1]
+    cli = build_cli(["--config", config, "--data.data_dir", folder, "--trainer.default_root_dir", str(tmp_path)],
+                    run=False)
+    assert cli.datamodule.task is None and str(cli.datamodule.data_dir) == folder
+    with pytest.raises(ValueError, match=r"both a GUE task \('tf0'\) and a data folder"):
+        build_cli(["--config", config, "--data.data_dir", folder, "--data.task", "tf0"], run=False)
