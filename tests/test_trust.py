@@ -341,3 +341,21 @@ def test_every_task_data_module_and_separator_model_is_registered():
             assert path in registered, f"{path} is not in omniseq.recipes.catalogue"
             assert registered_class(path) is cls
     assert registered_class("subprocess.Popen") is None and registered_class("os.system") is None
+
+
+def test_load_from_checkpoint_with_your_own_backbone_is_allowed(tmp_path):
+    from omniseq.backbones.itransformer import ITransformer
+
+    class MyBackbone(ITransformer):
+        """A user's own class, named in their checkpoint."""
+
+    task = ForecastingTask(MyBackbone(16, 8, num_channels=2, d_model=8, d_ff=8, depth=1))
+    checkpoint = {"state_dict": task.state_dict(), "pytorch-lightning_version": "2.6.6",
+                  "hyper_parameters": {"backbone": {"class_path": "my_lab.models.MyBackbone", "init_args": {}}}}
+    torch.save(checkpoint, tmp_path / "mine.ckpt")
+    with pytest.raises(UnsafeFileError, match=r"mine\.ckpt asks to build 'my_lab\.models\.MyBackbone'"):
+        ForecastingTask.load_from_checkpoint(tmp_path / "mine.ckpt")
+    backbone = MyBackbone(16, 8, num_channels=2, d_model=8, d_ff=8, depth=1)
+    loaded = ForecastingTask.load_from_checkpoint(tmp_path / "mine.ckpt", backbone=backbone)
+    for key, value in task.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

@@ -47,6 +47,10 @@ def _qualified(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _qualified_class(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def short_name(class_path: str | None) -> str:
     """The class name of a dotted class path (``"?"`` when unknown)."""
     return class_path.rpartition(".")[2] if class_path else "?"
@@ -78,16 +82,19 @@ def _class_paths(tree: Any) -> Iterator[str]:
             yield from _class_paths(value)
 
 
-def check_checkpoint_classes(checkpoint: dict[str, Any], path: str | Path, trusted: Iterable[str] = ()) -> None:
+def check_checkpoint_classes(checkpoint: dict[str, Any], path: str | Path, trusted: Iterable[str] = (),
+                             given: Iterable[str] = ()) -> None:
     """Refuse a checkpoint whose hyper-parameters name a class omniseq does not register.
 
     Lightning and LightningCLI rebuild the model and data module from the class paths
     stored in a checkpoint, which imports and calls them. Only omniseq's registered
     classes (:mod:`omniseq.recipes.catalogue`) and the ``trusted`` class paths (those of
-    the user's own config) may be rebuilt.
+    the user's own config) may be rebuilt; hyper-parameters in ``given`` are replaced by
+    the caller's own values (``load_from_checkpoint(path, backbone=...)``) and not built.
     """
-    trusted = set(trusted)
-    sections = [checkpoint.get(key) for key in ("hyper_parameters", "datamodule_hyper_parameters")]
+    trusted, given = set(trusted), set(given)
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in given}
+    sections = [hparams, checkpoint.get("datamodule_hyper_parameters")]
     for class_path in _class_paths(sections):
         if class_path in trusted or registered_class(class_path) is not None:
             continue
@@ -114,7 +121,8 @@ def describe_checkpoint(checkpoint: dict[str, Any]) -> tuple[str | None, str | N
 class CheckpointOrigin:
     """Mixin for the omniseq tasks (put it before ``L.LightningModule`` in the bases).
 
-    Saving writes the task and backbone class into the checkpoint; loading weights
+    Saving writes the task and backbone class into the checkpoint, and writes the file
+    atomically (:class:`AtomicCheckpointIO`) whichever Trainer runs the task; loading weights
     that do not fit raises :class:`CheckpointMismatchError` with a short summary
     naming both models instead of torch's full key listing.
     """
@@ -123,6 +131,8 @@ class CheckpointOrigin:
         super().on_save_checkpoint(checkpoint)
         checkpoint[TASK_KEY] = _qualified(self)
         checkpoint[BACKBONE_KEY] = _qualified(self.backbone)
+        if self._trainer is not None:  # Lightning writes the file right after this hook: make it atomic
+            use_atomic_checkpoints(self._trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -149,7 +159,9 @@ class CheckpointOrigin:
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         if isinstance(checkpoint_path, (str, os.PathLike)):
             # Read as data and check the classes it names before Lightning rebuilds them.
-            check_checkpoint_classes(read_checkpoint(checkpoint_path), checkpoint_path)
+            # The class this is called on is the caller's choice (code), so it is trusted too.
+            check_checkpoint_classes(read_checkpoint(checkpoint_path), checkpoint_path,
+                                     trusted=[_qualified_class(cls)], given=kwargs)
         kwargs["weights_only"] = True
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

@@ -120,3 +120,23 @@ def test_unreadable_last_falls_back_with_a_warning_and_other_files_do_not(tmp_pa
         tmp.write_bytes(b"")
     with pytest.raises(ValueError, match=r"best\.ckpt is empty \(0 bytes\)"):
         readable_checkpoint(tmp_path / "best.ckpt")
+
+
+def test_a_plain_trainer_writes_the_tasks_checkpoints_atomically(tmp_path, monkeypatch):
+    from omniseq.backbones.itransformer import ITransformer
+    from omniseq.recipes.forecasting import ForecastingTask
+
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    batch = {"x": torch.randn(4, 16, 2), "x_mark": torch.zeros(4, 16, 4), "y": torch.randn(4, 8, 2),
+             "y_mark": torch.zeros(4, 8, 4)}
+    task = ForecastingTask(ITransformer(16, 8, num_channels=2, d_model=8, d_ff=8, depth=1))
+    trainer.fit(task, torch.utils.data.DataLoader([batch], batch_size=None))
+    written = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (written.append((Path(src).name, Path(dst).name)),
+                                                         real_replace(src, dst)))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert [dst for _, dst in written] == ["model.ckpt"] and ".partial" in written[0][0]
+    assert read_checkpoint(tmp_path / "model.ckpt")["global_step"] == 1
