@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from timm.layers import DropPath, GluMlp, LayerScale, Mlp, RmsNorm, SwiGLUPacked
+from timm.layers import DropPath, GluMlp, LayerScale, Mlp, SwiGLUPacked
 from torch import nn
 
 from omniseq.backbones.mixers import build_mixer
+from omniseq.backbones.norms import FastRmsNorm
 
 NormName = Literal["layernorm", "rmsnorm"]
 ChannelMixer = Literal["mlp", "glu", "swiglu", "none"]
@@ -22,7 +23,7 @@ def make_norm(kind: NormName, dim: int, eps: float = 1e-5) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps)
     if kind == "rmsnorm":
-        return RmsNorm(dim, eps=eps)
+        return FastRmsNorm(dim, eps=eps)
     raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {kind!r}")
 
 

@@ -49,3 +49,24 @@ def test_bad_grid_and_causal_are_refused():
         mixer(torch.randn(1, 12, 8), None)
     with pytest.raises(ValueError, match="causal=False"):
         build_mixer("vig", 8, num_heads=2, causal=True)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_fast_rms_norm_equals_timms_and_keeps_gradients(dtype, tol):
+    from timm.layers import RmsNorm
+
+    from omniseq.backbones.norms import FastRmsNorm
+
+    torch.manual_seed(0)
+    fast, reference = FastRmsNorm(64, eps=1e-6).to(dtype), RmsNorm(64, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        fast.weight.normal_()
+        reference.weight.copy_(fast.weight)
+    x = 3 * torch.randn(5, 7, 64, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), reference(x), rtol=tol, atol=tol)
+    x.requires_grad_(True)
+    grad_fast = torch.autograd.grad(fast(x).sum(), [x, fast.weight])
+    grad_ref = torch.autograd.grad(reference(x).sum(), [x, reference.weight])
+    for a, b in zip(grad_fast, grad_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

@@ -44,5 +44,5 @@ def test_causal_block_steps_equal_parallel(mixer, channel_mixer, prenorm):
 
 
 def test_unknown_channel_mixer_is_refused():
-    with pytest.raises(ValueError, match="'mlp' or 'glu'"):
+    with pytest.raises(ValueError, match="'mlp', 'glu' or 'swiglu'"):
         Block(8, mixer="gla", channel_mixer="conv")

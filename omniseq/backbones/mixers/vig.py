@@ -23,10 +23,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import RmsNorm
 from torch import nn
 
 from omniseq.backbones.mixers.registry import Mixer, register_mixer
+from omniseq.backbones.norms import FastRmsNorm
 from omniseq.kernels import gated_linear_attention, gated_linear_attention_recurrent
 
 __all__ = ["ViGMixer"]
@@ -81,8 +81,8 @@ class ViGMixer(Mixer):
             nn.Linear(dim, gate_low_rank, bias=False), nn.Linear(gate_low_rank, 2 * self.key_dim)
         )
         self.g_proj = nn.Linear(dim, dim)
-        self.g_norm = RmsNorm(self.head_v_dim, eps=norm_eps)
-        self.l_norm = RmsNorm(self.head_v_dim, eps=norm_eps)
+        self.g_norm = FastRmsNorm(self.head_v_dim, eps=norm_eps)
+        self.l_norm = FastRmsNorm(self.head_v_dim, eps=norm_eps)
         self.out_act = nn.SiLU() if out_act else nn.Identity()
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
