@@ -19,7 +19,9 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
 
     Loss: negative permutation-invariant SI-SNR. Validation logs ``val/loss``
     and ``val/si_snri``; test logs ``test/si_snr``, ``test/si_snri`` and
-    ``test/sdri`` (dB, averaged over mixtures).
+    ``test/sdri`` (dB, averaged over mixtures). A DataModule with several test
+    lists (``test_sets``, e.g. ``seen``/``unseen``/``unseen_noise``) gets them
+    logged as ``test_<name>/si_snri`` and so on.
 
     Args:
         backbone: e.g. ``omniseq.backbones.separators.MaskSeparator``.
@@ -46,6 +48,7 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
             {"loss": MeanMetric(), "si_snr": MeanMetric(), "si_snri": MeanMetric(), "sdri": MeanMetric()}, prefix="val/"
         )
         self.test_metrics = self.val_metrics.clone(prefix="test/")
+        self._test_sets: dict[int, MetricCollection] = {}
 
     def forward(self, mixture: torch.Tensor) -> torch.Tensor:
         return self.backbone(mixture)
@@ -74,12 +77,20 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
         self.log_dict(values, prog_bar=True)
         self.val_metrics.reset()
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, True)
+    def on_test_start(self) -> None:
+        names = getattr(self.trainer.datamodule, "test_sets", None) or ["test"]
+        self._test_sets = {
+            i: self.test_metrics if name == "test" else self.test_metrics.clone(prefix=f"test_{name}/").to(self.device)
+            for i, name in enumerate(names)
+        }
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, self._test_sets.get(dataloader_idx, self.test_metrics), True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict({k: v.compute() for k, v in self.test_metrics.items()})
-        self.test_metrics.reset()
+        for metrics in self._test_sets.values() or [self.test_metrics]:
+            self.log_dict({k: v.compute() for k, v in metrics.items()}, add_dataloader_idx=False)
+            metrics.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["mixture"])
