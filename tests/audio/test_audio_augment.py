@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from omniseq.data.separation import SeparationDataModule
-from omniseq.domains.audio.augment import exponential_rir, noise_at_snr, pitch_shift, reverberate, speed_perturb
+from omniseq.domains.audio.augment import (
+    exponential_rir,
+    noise_at_snr,
+    pitch_shift,
+    reverberate,
+    speed_perturb,
+)
 
 RATE = 8000
 
