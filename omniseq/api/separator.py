@@ -5,12 +5,20 @@
     sep.separate_file("long.wav", "out/")                    # streamed, flat memory
 
 Input policy (see ``omniseq.domains.audio.io``): other sample rates are
-resampled to the model's, stereo is averaged to mono, empty or undecodable
-files and recordings shorter than the encoder kernel raise ``ValueError``.
+resampled to the model's, stereo is averaged to mono, integer arrays are
+scaled to [-1, 1) (int16 by 1/32768), empty or undecodable files and
+recordings shorter than the encoder kernel raise ``ValueError``. Any level
+runs (each chunk is scaled to peak 1 for the model and back).
+
+Output policy: the sources sum to the input recording (see
+``omniseq.domains.audio.chunked``) and are written as 32-bit float wavs, which
+hold samples beyond full scale exactly: nothing is clipped (a warning says
+when a source peaks above 1). All wavs are written, or none.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,7 +30,7 @@ from torch import nn
 from omniseq._files import atomic_path
 from omniseq.api._saved import load_module, load_payload, module_spec, save_payload
 from omniseq.domains.audio.chunked import separate_chunked, separate_stream
-from omniseq.domains.audio.io import check_complete, load_audio, resample, to_mono, write_audio
+from omniseq.domains.audio.io import check_complete, load_audio, resample, to_float, to_mono
 from omniseq.recipes.checkpoints import read_checkpoint
 
 __all__ = ["Separator"]
@@ -40,7 +48,7 @@ class Separator:
 
     def __init__(
         self, model: nn.Module | None = None, sample_rate: int = 8000,
-        chunk_seconds: float = 4.0, overlap_seconds: float = 0.5,
+        chunk_seconds: float = 4.0, overlap_seconds: float = 2.0,
     ) -> None:
         if model is None:
             from omniseq.backbones.separators import MaskSeparator
@@ -127,7 +135,7 @@ class Separator:
             source = "array"
             if wav.ndim == 2 and wav.shape[0] < wav.shape[1] and wav.shape[0] <= 8:
                 wav = wav.T  # (C, T) given: soundfile's layout is (T, C)
-            wav = to_mono(wav.astype(np.float32), "mean", source)
+            wav = to_mono(to_float(wav, source), "mean", source)
             if sample_rate is not None and sample_rate != self.sample_rate:
                 wav = resample(wav, sample_rate, self.sample_rate)
         if wav.size == 0:
@@ -137,12 +145,19 @@ class Separator:
         self._check_length(wav.shape[0], source)
         sources = separate_chunked(self._run_model, wav, self.chunk, self.overlap)
         if out_dir is not None:
-            out = Path(out_dir)
-            for i, s in enumerate(sources):
-                write_audio(out / f"source_{i + 1}.wav", s, self.sample_rate)
+            self._write_all(Path(out_dir), sources, source)
             if plot:
-                self.plot(wav, sources, out / "spectrogram.png")
+                self.plot(wav, sources, Path(out_dir) / "spectrogram.png")
         return sources
+
+    def _write_all(self, out: Path, sources: np.ndarray, source: str) -> None:
+        """``source_<i>.wav`` as float wavs, all or none: each goes to a temporary file and
+        only when every write succeeded are they renamed (a full disk leaves nothing)."""
+        _warn_above_full_scale(float(np.abs(sources).max()), source, out)
+        with ExitStack() as staged:
+            temps = [staged.enter_context(atomic_path(out / f"source_{i + 1}.wav")) for i in range(len(sources))]
+            for tmp, s in zip(temps, sources, strict=True):
+                sf.write(str(tmp), np.asarray(s, dtype=np.float32), self.sample_rate, subtype="FLOAT")
 
     def separate_file(self, path: str | Path, out_dir: str | Path, plot_seconds: float = 30.0) -> list[Path]:
         """Stream a file through the model chunk by chunk, writing ``source_<i>.wav``.
@@ -170,15 +185,18 @@ class Separator:
                 return block
 
             writers: list[sf.SoundFile] = []
+            peak = 0.0
             for block in separate_stream(self._run_model, read, info.frames, self.chunk, self.overlap):
                 if not writers:
                     temps = [staged.enter_context(atomic_path(out / f"source_{i + 1}.wav")) for i in range(block.shape[0])]
-                    writers = [staged.enter_context(sf.SoundFile(str(t), "w", self.sample_rate, 1, "PCM_16"))
+                    writers = [staged.enter_context(sf.SoundFile(str(t), "w", self.sample_rate, 1, "FLOAT"))
                                for t in temps]
                 for w, s in zip(writers, block, strict=True):
-                    w.write(np.clip(s, -1.0, 1.0).astype(np.float32))
+                    w.write(s.astype(np.float32))  # float: never clipped
+                peak = max(peak, float(np.abs(block).max()))
                 if sum(b.shape[1] for b in preview) < limit:
                     preview.append(block)
+            _warn_above_full_scale(peak, str(path), out)
         if preview:
             head = np.concatenate(preview, axis=1)[:, :limit]
             mixture, _ = load_audio(path, self.sample_rate) if info.frames <= limit else (None, None)
@@ -207,6 +225,15 @@ class Separator:
         finally:
             plt.close(fig)
         return path
+
+
+def _warn_above_full_scale(peak: float, source: str, out: Path) -> None:
+    if peak > 1.0:
+        warnings.warn(
+            f"{source}: separated sources peak at {peak:.3g}, above full scale; {out}/source_*.wav are "
+            "32-bit float wavs that keep every sample, but a conversion to 16-bit PCM would clip them: "
+            "scale them by 1/peak first", stacklevel=3,
+        )
 
 
 def _probe(path: Path) -> sf._SoundFileInfo:

@@ -45,8 +45,14 @@ def test_speaker_order_and_gain_are_aligned_between_chunks():
     perm_rng = np.random.default_rng(2)
 
     def oracle(x: torch.Tensor) -> torch.Tensor:
-        # knows where the chunk lies, answers in a random order with random gains and signs
-        start = int(np.flatnonzero(np.isclose(mixture[: n - x.shape[1] + 1], x[0, 0].item()))[0])
+        # knows where the chunk lies (the chunk arrives scaled to peak 1), answers in a
+        # random order with random gains and signs
+        chunk = x[0].double().numpy()
+        def match(s: int) -> float:
+            seg = mixture[s : s + len(chunk)]
+            return abs(seg @ chunk) / np.linalg.norm(seg)
+
+        start = max(chunk_starts(n, 300, 60), key=match)
         next(calls)
         chunk = truth[:, start : start + x.shape[1]][perm_rng.permutation(3)]
         gains = perm_rng.choice([-2.0, 0.5, 3.0], size=3)
@@ -58,7 +64,8 @@ def test_speaker_order_and_gain_are_aligned_between_chunks():
     assert sorted(order) == [0, 1, 2]
     for o, k in zip(out, order, strict=True):
         gain = (o @ truth[k]) / (truth[k] @ truth[k])
-        np.testing.assert_allclose(o, gain * truth[k], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(o, gain * truth[k], rtol=1e-3, atol=1e-3)
+        assert gain == pytest.approx(1.0, abs=1e-3)  # fitted to the mixture: the true level
 
 
 def test_unaligned_stream_would_be_wrong():
@@ -73,7 +80,7 @@ def test_unaligned_stream_would_be_wrong():
     out = np.concatenate(blocks, axis=1)
     assert np.abs(out[0]).max() > 0 and np.abs(out[1]).max() > 0  # energy ended up in both outputs
     aligned = np.concatenate(list(separate_stream(swapping, lambda a, b: truth[0, a:b], 600, 200, 50)), axis=1)
-    assert min(np.abs(aligned[0]).max(), np.abs(aligned[1]).max()) < 1e-9
+    assert min(np.abs(aligned[0]).max(), np.abs(aligned[1]).max()) < 1e-6  # float32 rounding only
 
 
 def test_align_to_previous_recovers_permutation_and_gain():

@@ -22,9 +22,29 @@ import torchaudio.functional as AF
 
 from omniseq._files import atomic_path
 
-__all__ = ["check_complete", "decode_audio", "load_audio", "resample", "to_mono", "write_audio"]
+__all__ = ["check_complete", "decode_audio", "load_audio", "resample", "to_float", "to_mono", "write_audio"]
 
 ChannelPolicy = str | int
+
+
+def to_float(wav: np.ndarray, source: str = "audio") -> np.ndarray:
+    """Samples as float32 in the usual [-1, 1) scale: signed integers (int16 PCM...) are
+    divided by ``2 ** (bits - 1)``, unsigned ones (8-bit PCM) centred first; floats are kept."""
+    wav = np.asarray(wav)
+    if np.issubdtype(wav.dtype, np.signedinteger):
+        return (wav.astype(np.float64) / 2.0 ** (8 * wav.dtype.itemsize - 1)).astype(np.float32)
+    if np.issubdtype(wav.dtype, np.unsignedinteger):
+        half = 2.0 ** (8 * wav.dtype.itemsize - 1)
+        return ((wav.astype(np.float64) - half) / half).astype(np.float32)
+    if not np.issubdtype(wav.dtype, np.floating):
+        raise ValueError(f"{source}: samples must be numbers, got dtype {wav.dtype}")
+    finite = wav[np.isfinite(wav)]
+    if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+        raise ValueError(
+            f"{source}: samples reach {np.abs(finite).max():.3g}, beyond float32's range; "
+            "scale the recording down (audio is normally within [-1, 1])"
+        )
+    return wav.astype(np.float32, copy=False)
 
 
 def to_mono(wav: np.ndarray, channels: ChannelPolicy = "mean", source: str = "audio") -> np.ndarray:
