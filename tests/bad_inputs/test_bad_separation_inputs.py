@@ -51,9 +51,9 @@ def _recording(seconds: float = 2.0) -> np.ndarray:
 
 def test_sources_above_full_scale_are_not_clipped(tmp_path):
     wav = _recording()
-    with pytest.warns(UserWarning, match=r"peak at 2\.\d+, above full scale"):
+    with pytest.warns(UserWarning, match=r"peak at 1\.8\d, above full scale"):
         sources = Separator(LoudSplit(), RATE).separate(wav, out_dir=tmp_path, plot=False)
-    assert np.abs(sources).max() > 2.0
+    assert np.abs(sources).max() > 1.8  # 3x the input, which peaks near 0.62
     for i in range(2):
         written, rate = sf.read(tmp_path / f"source_{i + 1}.wav", dtype="float32")
         assert rate == RATE and sf.info(str(tmp_path / f"source_{i + 1}.wav")).subtype == "FLOAT"
@@ -67,7 +67,7 @@ def test_streamed_file_is_not_clipped_either(tmp_path):
     with pytest.warns(UserWarning, match="above full scale"):
         Separator(LoudSplit(), RATE).separate_file(path, tmp_path / "out")
     written, _ = sf.read(tmp_path / "out" / "source_1.wav", dtype="float32")
-    assert np.abs(written).max() > 2.0
+    assert np.abs(written).max() > 1.8
 
 
 def test_int16_array_is_scaled(tmp_path):
