@@ -6,7 +6,7 @@ parameters, which ``SeparationDataModule`` draws per ``(seed, epoch, index)``.
 - ``speed_perturb``: play faster/slower by resampling (tempo and pitch move together,
   as Kaldi's 3-way speed perturbation; Ko et al. 2015,
   https://www.isca-archive.org/interspeech_2015/ko15_interspeech.html);
-- ``pitch_shift``: pitch only, length kept (torchaudio's phase vocoder + resampling);
+- ``pitch_shift``: pitch only, length kept (phase-vocoder stretch, then speed);
 - ``exponential_rir``: a synthetic room impulse response, a direct path followed by
   Gaussian noise decaying by 60 dB over ``rt60`` seconds (Polack's statistical model);
 - ``reverberate``: convolve with an RIR, keeping the length;
@@ -39,16 +39,23 @@ def speed_perturb(wav: np.ndarray, factor: float, sample_rate: int) -> np.ndarra
     return out.numpy().astype(wav.dtype, copy=False)
 
 
-def pitch_shift(wav: np.ndarray, semitones: float, sample_rate: int, steps_per_semitone: int = 4) -> np.ndarray:
-    """``wav`` with every frequency x ``2 ** (semitones / 12)`` and the same length
-    (``semitones`` rounded to ``1 / steps_per_semitone``)."""
-    steps = int(round(semitones * steps_per_semitone))
-    if steps == 0:
+def pitch_shift(wav: np.ndarray, semitones: float, sample_rate: int, n_fft: int = 256) -> np.ndarray:
+    """``wav`` with every frequency x ``2 ** (semitones / 12)`` (rounded to a multiple of
+    ``SPEED_STEP``) and the same length: a phase-vocoder stretch by that factor, then
+    ``speed_perturb`` by it. The rounding keeps the resampling ratio a small fraction
+    (torchaudio's ``pitch_shift`` resamples at ratios such as 8232/8000, 100x slower)."""
+    factor = round(2 ** (semitones / 12) / SPEED_STEP) * SPEED_STEP
+    if abs(factor - 1) < SPEED_STEP / 2 or len(wav) < n_fft:
         return wav
-    n_fft = 256 if len(wav) >= 256 else 1 << max(int(math.log2(max(len(wav), 16))), 4)
-    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))
-    out = AF.pitch_shift(x, sample_rate, steps, bins_per_octave=12 * steps_per_semitone, n_fft=n_fft)
-    return out.numpy().astype(wav.dtype, copy=False)
+    hop = n_fft // 4
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float64))
+    spec = torch.stft(x, n_fft, hop, window=window, return_complex=True)
+    advance = torch.linspace(0, math.pi * hop, spec.shape[-2], dtype=torch.float64)[..., None]
+    stretched = AF.phase_vocoder(spec, 1 / factor, advance)  # factor x longer, same frequencies
+    longer = torch.istft(stretched, n_fft, hop, window=window, length=int(round(len(wav) * factor))).numpy()
+    out = speed_perturb(longer, factor, sample_rate)[: len(wav)]
+    return np.pad(out, (0, len(wav) - len(out))).astype(wav.dtype, copy=False)
 
 
 def exponential_rir(rt60: float, sample_rate: int, seed: int, direct_to_reverb_db: float = 0.0) -> np.ndarray:
