@@ -368,6 +368,7 @@ LONG_OPTIONS = {
     "mlp": {},
     "fsmn": {"kernel_size": 17},
     "windowed": {"inner": "gla", "window_size": 16, "num_heads": 2},
+    "vig": {"num_heads": 2},
 }
 
 

@@ -46,6 +46,7 @@ TINY = {
     "mlp": {"seq_len": SEQ},
     "fsmn": {"kernel_size": 3},
     "windowed": {"inner": "gla", "window_size": 2, "num_heads": 2},
+    "vig": {"num_heads": 2},
 }
 
 
