@@ -99,3 +99,27 @@ def test_bad_arguments():
         separate_chunked(lambda x: x, np.zeros((2, 10)), 5, 1)
     with pytest.raises(ValueError, match=r"\(1, n\) to \(1, S, n\)"):
         separate_chunked(lambda x: x, np.zeros(10), 5, 1)
+
+
+def test_silent_overlap_falls_back_on_long_context_spectra():
+    """Both speakers pause over the whole overlap, so it cannot tell the order; the model
+    answers the second chunk swapped. Each output's average spectrum so far (a low voice,
+    a high one) puts it back."""
+    rng = np.random.default_rng(4)
+    n, chunk, overlap = 1800, 1000, 200
+    low = np.convolve(rng.standard_normal(n + 15), np.ones(16) / 4, "valid")[:n]  # energy below ~500 Hz
+    high = np.diff(rng.standard_normal(n + 1))  # energy near Nyquist
+    truth = np.zeros((2, n))
+    truth[0, :700], truth[0, 1100:] = low[:700], low[1100:]
+    truth[1, 100:600], truth[1, 1200:1700] = high[100:600], high[1200:1700]
+    mixture = truth.sum(0)
+    assert chunk_starts(n, chunk, overlap) == [0, 800] and not truth[:, 800:1000].any()
+
+    def swapping_oracle(x: torch.Tensor) -> torch.Tensor:
+        second = abs(mixture[800:] @ x[0].double().numpy()) > abs(mixture[:1000] @ x[0].double().numpy())
+        start = 800 if second else 0
+        out = truth[:, start : start + chunk] * float(x[0].abs().max()) / np.abs(mixture[start : start + chunk]).max()
+        return torch.from_numpy(out[::-1].copy() if second else out)[None]
+
+    out = separate_chunked(swapping_oracle, mixture, chunk, overlap)
+    np.testing.assert_allclose(out, truth, atol=1e-5)

@@ -149,7 +149,7 @@ def _order(tail: np.ndarray, head: np.ndarray, current: np.ndarray, profiles: Sp
     errors = [float(sum(((tail[i] - head[p[i]]) ** 2).sum() for i in range(S))) for p in perms]
     ranked = sorted(range(len(perms)), key=errors.__getitem__)
     best, runner_up = errors[ranked[0]], errors[ranked[1]] if len(perms) > 1 else np.inf
-    if best <= margin * runner_up:
+    if best < margin * runner_up:  # strict: a silent overlap (0 and 0) cannot decide
         return perms[ranked[0]]
     costs = profiles.costs(current)
     if costs is None:
