@@ -10,12 +10,24 @@ and at the last lead time. Each model trains for ``--epochs`` (or until
     # the README's grid, once per --seed 0 1 2:
     python benchmarks/spatiotemporal.py --epochs 30 --models convs5 --depth 3 --state-dim 64 --seed 1
     python benchmarks/spatiotemporal.py --epochs 30 --models convlstm --depth 3 --seed 1
+
+Training-step cost on a custom grid (synthetic data, no dataset needed): 33 x 49 cells,
+one variable, 24 h in / 24 h out, batch 8, the wfde5_convs5_24 model (dim 32, P 64,
+depth 3). The layer as it was before the plane scan (complex tensors, generic
+linear_scan, every frame read out) runs first, the current one second, each in its own
+process so that peak memory is its own:
+
+    python benchmarks/spatiotemporal.py --grid-step --steps 3 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +36,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from omniseq.backbones.convlstm import ConvLSTM
-from omniseq.backbones.convs5 import ConvS5
+from omniseq.backbones.convs5 import ConvS5, ConvS5Layer
 from omniseq.data.gridded import GriddedDataModule
 from omniseq.recipes.spatiotemporal import SpatiotemporalTask, masked_values
 
@@ -73,8 +85,87 @@ def train_and_test(name: str, dm: GriddedDataModule, args, root: Path) -> dict[s
             "samples_per_s": samples / seconds, "params": params}
 
 
+GRID = dict(batch=8, length=24, pred_len=24, height=33, width=49, dim=32, state_dim=64, depth=3)
+
+
+def _legacy_layer_forward(self, u, state=None, last_only=False):
+    """ConvS5Layer.forward before the plane scan: complex states, a broadcast to full size."""
+    from omniseq.kernels import linear_scan
+
+    batch, length = u.shape[:2]
+    Abar, kernel = self.discretize()
+    b = self._input(u.flatten(0, 1), kernel).unflatten(0, (batch, length))
+    a = Abar.to(b.dtype)[None, None, :, None, None].expand_as(b)
+    states = linear_scan(a, b, h0=state)
+    return self._readout(states.flatten(0, 1), u.flatten(0, 1)).unflatten(0, (batch, length)), states[:, -1]
+
+
+def _legacy_forward(self, x):
+    batch, length = x.shape[:2]
+    h = self.encoder(x.flatten(0, 1)).unflatten(0, (batch, length))
+    for block in self.blocks:
+        h, _ = block(h)
+    return self.decode(h[:, -1], x[:, -1])
+
+
+def grid_step_child(variant: str, steps: int, threads: int, batch: int) -> None:
+    """One process, one variant: CPU seconds, wall seconds and peak RSS of a training step."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    if variant == "before":
+        ConvS5Layer.forward = _legacy_layer_forward
+        ConvS5.forward = _legacy_forward
+    g = {**GRID, "batch": batch}
+    model = ConvS5(1, 1, g["pred_len"], dim=g["dim"], state_dim=g["state_dim"], depth=g["depth"], dropout=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(g["batch"], g["length"], 1, g["height"], g["width"])
+    y = torch.randn(g["batch"], g["pred_len"], 1, g["height"], g["width"])
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+
+    step()  # warm-up (oneDNN primitives, allocator)
+    before, cpu, wall = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+    for _ in range(steps):
+        step()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"variant": variant, "cpu_s": (time.process_time() - cpu) / steps,
+                      "wall_s": (time.perf_counter() - wall) / steps,
+                      "user_s": (after.ru_utime - before.ru_utime) / steps,
+                      "sys_s": (after.ru_stime - before.ru_stime) / steps,
+                      "peak_rss_gb": after.ru_maxrss / 2**20}))
+
+
+def grid_step_benchmark(steps: int, threads: int, batch: int) -> None:
+    results = {}
+    for variant in ("before", "after"):
+        out = subprocess.run([sys.executable, __file__, "--grid-step-child", variant, "--steps", str(steps),
+                              "--threads", str(threads), "--grid-batch", str(batch)], capture_output=True, text=True, check=True)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(results[variant], flush=True)
+    g = {**GRID, "batch": batch}
+    print(f"\nConvS5 training step, {g['height']}x{g['width']} grid, 1 variable, batch {g['batch']}, "
+          f"{g['length']} in / {g['pred_len']} out, dim {g['dim']}, P {g['state_dim']}, depth {g['depth']}, "
+          f"{threads} threads, {steps} steps each")
+    print("| layer | CPU s/step | user s | sys s | wall s/step | peak RSS GB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['cpu_s']:.2f} | {r['user_s']:.2f} | {r['sys_s']:.2f} | {r['wall_s']:.2f} | "
+              f"{r['peak_rss_gb']:.2f} |")
+    b, a = results["before"], results["after"]
+    print(f"| ratio before/after | {b['cpu_s'] / a['cpu_s']:.2f}x | | | {b['wall_s'] / a['wall_s']:.2f}x | "
+          f"{b['peak_rss_gb'] / a['peak_rss_gb']:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid-step", action="store_true", help="time a training step on the 33x49 grid")
+    parser.add_argument("--grid-step-child", choices=["before", "after"], help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--grid-batch", type=int, default=GRID["batch"])
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--path", default="wfde5_gb_hourly_jan2017")
     parser.add_argument("--models", nargs="+", default=["persistence", "convs5", "convlstm"])
     parser.add_argument("--pred-len", type=int, default=24)
@@ -89,6 +180,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", type=Path, default=Path("runs/benchmarks/spatiotemporal.csv"))
     args = parser.parse_args()
+    if args.grid_step_child:
+        grid_step_child(args.grid_step_child, args.steps, args.threads, args.grid_batch)
+        return
+    if args.grid_step:
+        grid_step_benchmark(args.steps, args.threads, args.grid_batch)
+        return
     dm = GriddedDataModule(args.path, seq_len=24, pred_len=args.pred_len, batch_size=args.batch_size, seed=args.seed)
     dm.setup()
     args.csv.parent.mkdir(parents=True, exist_ok=True)

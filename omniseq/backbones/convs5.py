@@ -10,9 +10,14 @@ where ``(*)`` is a 3x3 convolution over space. Discretisation is zero-order
 hold: ``Abar = exp(Lambda dt)`` and ``Bbar = (Abar - 1) / Lambda * B``, which
 only rescales the output channels of the B kernel, so ``Bbar (*) u`` is still
 one convolution. Because the state update is elementwise in space, the whole
-sequence is one diagonal linear recurrence run in parallel over time by
-:func:`omniseq.kernels.linear_scan`; ``step`` runs the same recurrence one
-frame at a time (autoregressive generation) and equals the parallel form.
+sequence is one diagonal linear recurrence over time (:func:`omniseq.kernels.plane_scan`);
+``step`` runs the same recurrence one frame at a time (autoregressive generation) and
+equals the parallel form.
+
+On the CPU the frames stay channels-last from the encoder to the head: the B
+convolution's output, viewed ``(B, T, H, W, 2P)``, is exactly the real/imaginary
+layout the scan reads, and the scanned states are exactly the channels-last input
+of the C convolution, so no complex tensor, ``cat`` or layout copy is made per layer.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omniseq.kernels import linear_scan
+from omniseq.kernels.plane_scan import plane_scan
 
 __all__ = ["ConvS5", "ConvS5Block", "ConvS5Layer", "FrameForecaster", "check_frames"]
 
@@ -95,16 +100,33 @@ class ConvS5Layer(nn.Module):
         y = F.conv2d(torch.cat([x.real, x.imag], dim=1).to(u.dtype), kernel, padding=self.padding)
         return y + self.D.to(u.dtype)[:, None, None] * u
 
-    def forward(self, u: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """All outputs ``(B, T, U, H, W)`` and the last state ``(B, P, H, W)`` (complex)."""
+    def forward(
+        self, u: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All outputs ``(B, T, U, H, W)`` (``(B, 1, U, H, W)``, the last, when ``last_only``)
+        and the last state ``(B, P, H, W)`` (complex)."""
         check_frames("ConvS5Layer", u, self.dim)
         batch, length = u.shape[:2]
+        p = self.state_dim
         Abar, kernel = self.discretize()
-        b = self._input(u.flatten(0, 1), kernel).unflatten(0, (batch, length))
-        a = Abar.to(b.dtype)[None, None, :, None, None].expand_as(b)
-        states = linear_scan(a, b, h0=state)
-        y = self._readout(states.flatten(0, 1), u.flatten(0, 1)).unflatten(0, (batch, length))
-        return y, states[:, -1]
+        frames = u.flatten(0, 1)
+        # (N, 2P, H, W) channels-last is (N, H, W, 2P) in memory: the scan's plane layout.
+        z = F.conv2d(frames.contiguous(memory_format=torch.channels_last), kernel.to(u.dtype), padding=self.padding)
+        planes = z.permute(0, 2, 3, 1).unflatten(0, (batch, length))
+        h0 = None if state is None else torch.cat([state.real, state.imag], 1).permute(0, 2, 3, 1).to(u.dtype)
+        states = plane_scan(Abar.real.to(u.dtype), Abar.imag.to(u.dtype), planes, h0)
+        last = states[:, -1]
+        if last_only:
+            y = self._readout_planes(last, u[:, -1]).unsqueeze(1)
+        else:
+            y = self._readout_planes(states.flatten(0, 1), frames).unflatten(0, (batch, length))
+        return y, torch.complex(last[..., :p], last[..., p:]).permute(0, 3, 1, 2)
+
+    def _readout_planes(self, planes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``Re(C (*) x) + D u`` for states ``(N, H, W, 2P)`` (real parts, then imaginary)."""
+        kernel = torch.cat([self.C[0], -self.C[1]], dim=1).to(u.dtype)
+        y = F.conv2d(planes.permute(0, 3, 1, 2), kernel, padding=self.padding)
+        return torch.addcmul(y, self.D.to(u.dtype)[:, None, None], u)
 
     def init_state(self, batch_size: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.zeros(batch_size, self.state_dim, height, width,
@@ -132,9 +154,15 @@ class ConvS5Block(nn.Module):
     def _branch_out(self, y: torch.Tensor) -> torch.Tensor:
         return self.drop(self.mix(F.gelu(y)))
 
-    def forward(self, u: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, u: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, U, H, W)`` -> the same (only the last frame ``(B, 1, U, H, W)`` when
+        ``last_only``) and the last state."""
         batch, length = u.shape[:2]
-        y, last = self.ssm(self.norm(u.flatten(0, 1)).unflatten(0, (batch, length)), state)
+        y, last = self.ssm(self.norm(u.flatten(0, 1)).unflatten(0, (batch, length)), state, last_only)
+        if last_only:
+            return u[:, -1:] + self._branch_out(y[:, 0]).unsqueeze(1), last
         return u + self._branch_out(y.flatten(0, 1)).unflatten(0, (batch, length)), last
 
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,13 +241,15 @@ class ConvS5(FrameForecaster):
         super().__init__(in_channels, out_channels, pred_len, dim, depth, residual)
         self.blocks = nn.ModuleList(ConvS5Block(dim, state_dim, kernel_size, dropout) for _ in range(depth))
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Hidden frames ``(B, T, dim, H, W)`` after the blocks (parallel over time)."""
+    def forward_features(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Hidden frames ``(B, T, dim, H, W)`` after the blocks (parallel over time); with
+        ``last_only`` the last block reads out only the last frame, ``(B, 1, dim, H, W)``."""
         check_frames("ConvS5", x, self.in_channels)
         batch, length = x.shape[:2]
-        h = self.encoder(x.flatten(0, 1)).unflatten(0, (batch, length))
-        for block in self.blocks:
-            h, _ = block(h)
+        frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        h = self.encoder(frames).unflatten(0, (batch, length))
+        for k, block in enumerate(self.blocks):
+            h, _ = block(h, last_only=last_only and k == len(self.blocks) - 1)
         return h
 
     def init_state(self, x_t: torch.Tensor) -> list[torch.Tensor]:
@@ -239,7 +269,8 @@ class ConvS5(FrameForecaster):
         return h, new_states
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.forward_features(x)[:, -1], x[:, -1])
+        # The head reads only the last frame, so the last block computes only that frame.
+        return self.decode(self.forward_features(x, last_only=True)[:, -1], x[:, -1])
 
     def forward_recurrent(self, x: torch.Tensor) -> torch.Tensor:
         """The same forecast computed frame by frame with ``step`` (streaming inference)."""

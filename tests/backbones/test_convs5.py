@@ -119,3 +119,14 @@ def test_bad_inputs_raise_clear_errors():
         ConvS5Layer(2, 2, kernel_size=2)
     with pytest.raises(ValueError, match=r"ConvLSTM: x must have shape \(B, T, 4, H, W\)"):
         ConvLSTM(4, 4, 1)(torch.randn(1, 2, 3, 4, 4))
+
+
+def test_forward_reads_out_only_the_last_frame_yet_equals_the_full_features():
+    torch.manual_seed(0)
+    model = ConvS5(2, 1, 3, dim=8, state_dim=4, depth=2).double().eval()
+    x = torch.randn(2, 6, 2, 5, 7, dtype=torch.float64)
+    full = model.forward_features(x)
+    last = model.forward_features(x, last_only=True)
+    assert last.shape == (2, 1, 8, 5, 7)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model(x), model.decode(full[:, -1], x[:, -1]), rtol=1e-12, atol=1e-12)
