@@ -72,6 +72,8 @@ class ProgressLines(ProgressBar):
         self._enabled = True
         self._start = self._last = 0.0
         self._start_step = self._last_step = 0
+        self._epoch_train_s = self._epoch_mark = 0.0
+        self._epoch_first_step = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -116,9 +118,25 @@ class ProgressLines(ProgressBar):
             parts.append(f"budget left {left:.1f} of {budget.seconds / 60:g} CPU-min")
         return " | ".join(parts)
 
+    # Each epoch's line gives the time spent in the training loop alone (validation excluded).
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_train_s, self._epoch_mark = 0.0, time.perf_counter()
+        self._epoch_first_step = trainer.global_step
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._epoch_train_s += time.perf_counter() - self._epoch_mark
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_train_s += time.perf_counter() - self._epoch_mark
+        steps = trainer.global_step - self._epoch_first_step
+        self._write(trainer, f"epoch {trainer.current_epoch} done: {steps} steps, "
+                             f"{self._epoch_train_s:.2f} s in the training loop")
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        self._epoch_mark = time.perf_counter()
         metrics = trainer.progress_bar_metrics
         shown = ", ".join(f"{key} {float(value):.4g}" for key, value in metrics.items() if key.startswith("val/"))
         self._write(trainer, f"epoch {trainer.current_epoch} step {trainer.global_step} validation: {shown}")
