@@ -14,10 +14,11 @@ sequence is one diagonal linear recurrence over time (:func:`omniseq.kernels.pla
 ``step`` runs the same recurrence one frame at a time (autoregressive generation) and
 equals the parallel form.
 
-On the CPU the frames stay channels-last from the encoder to the head: the B
-convolution's output, viewed ``(B, T, H, W, 2P)``, is exactly the real/imaginary
-layout the scan reads, and the scanned states are exactly the channels-last input
-of the C convolution, so no complex tensor, ``cat`` or layout copy is made per layer.
+The frames stay channels-last from the encoder to the head. With the B kernel's
+output channels interleaved (real, imaginary, real, ...), the convolution's output
+viewed ``(B, T, H, W, P)`` complex is the scan's input, and the scanned states viewed
+as real are the C convolution's channels-last input: no complex copy, ``cat`` or
+layout reorder per layer, and the decays stay ``(P,)``.
 """
 
 from __future__ import annotations
@@ -107,25 +108,28 @@ class ConvS5Layer(nn.Module):
         and the last state ``(B, P, H, W)`` (complex)."""
         check_frames("ConvS5Layer", u, self.dim)
         batch, length = u.shape[:2]
-        p = self.state_dim
         Abar, kernel = self.discretize()
+        p = self.state_dim
+        # Output channels interleaved (Re B_0, Im B_0, Re B_1, ...): in channels-last memory the
+        # convolution's output *is* the complex input of the scan, viewed without a copy.
+        kernel = kernel.unflatten(0, (2, p)).transpose(0, 1).flatten(0, 1).to(u.dtype)
         frames = u.flatten(0, 1)
-        # (N, 2P, H, W) channels-last is (N, H, W, 2P) in memory: the scan's plane layout.
-        z = F.conv2d(frames.contiguous(memory_format=torch.channels_last), kernel.to(u.dtype), padding=self.padding)
-        planes = z.permute(0, 2, 3, 1).unflatten(0, (batch, length))
-        h0 = None if state is None else torch.cat([state.real, state.imag], 1).permute(0, 2, 3, 1).to(u.dtype)
-        states = plane_scan(Abar.real.to(u.dtype), Abar.imag.to(u.dtype), planes, h0)
-        last = states[:, -1]
+        z = F.conv2d(frames.contiguous(memory_format=torch.channels_last), kernel, padding=self.padding)
+        b = torch.view_as_complex(z.permute(0, 2, 3, 1).contiguous().unflatten(-1, (p, 2))).unflatten(0, (batch, length))
+        h0 = None if state is None else state.permute(0, 2, 3, 1).to(b.dtype)
+        states = plane_scan(Abar.to(b.dtype), b, h0)  # (B, T, H, W, P) complex
         if last_only:
-            y = self._readout_planes(last, u[:, -1]).unsqueeze(1)
+            y = self._readout_interleaved(states[:, -1], u[:, -1]).unsqueeze(1)
         else:
-            y = self._readout_planes(states.flatten(0, 1), frames).unflatten(0, (batch, length))
-        return y, torch.complex(last[..., :p], last[..., p:]).permute(0, 3, 1, 2)
+            y = self._readout_interleaved(states.flatten(0, 1), frames).unflatten(0, (batch, length))
+        return y, states[:, -1].permute(0, 3, 1, 2)
 
-    def _readout_planes(self, planes: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``Re(C (*) x) + D u`` for states ``(N, H, W, 2P)`` (real parts, then imaginary)."""
-        kernel = torch.cat([self.C[0], -self.C[1]], dim=1).to(u.dtype)
-        y = F.conv2d(planes.permute(0, 3, 1, 2), kernel, padding=self.padding)
+    def _readout_interleaved(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``Re(C (*) x) + D u`` for complex states ``(N, H, W, P)``, read as interleaved real channels."""
+        # Re(C x) = Re C * Re x - Im C * Im x: input channels (Re x_0, Im x_0, Re x_1, ...).
+        kernel = torch.stack([self.C[0], -self.C[1]], dim=2).flatten(1, 2).to(u.dtype)
+        planes = torch.view_as_real(x).flatten(-2).permute(0, 3, 1, 2)  # channels-last (N, 2P, H, W)
+        y = F.conv2d(planes, kernel, padding=self.padding)
         return torch.addcmul(y, self.D.to(u.dtype)[:, None, None], u)
 
     def init_state(self, batch_size: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
