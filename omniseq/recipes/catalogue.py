@@ -40,7 +40,7 @@ BACKBONES = {
 }
 
 # omniseq.backbones.mixers.list_mixers() after `import omniseq.backbones`.
-MIXERS = ("attention", "fsmn", "gla", "mamba", "mlp", "s4d", "s5", "window_attention", "windowed")
+MIXERS = ("attention", "fsmn", "gla", "mamba", "mlp", "s4d", "s5", "vig", "window_attention", "windowed")
 
 # omniseq.data.registry.list_datasets() after register_all_datasets(), in that order.
 DATASETS = (
