@@ -79,3 +79,21 @@ def test_bad_shapes_raise():
         bidirectional_conv_silu(x, weight[:1], bias)
     with pytest.raises(ValueError, match=r"bias must have shape \(2, D\)"):
         bidirectional_conv_silu(x, weight, bias[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_pre_activations_stay_finite_with_gradients(backend, dtype):
+    # Pre-activations of -1e3 make exp(-x) overflow; the fast-math reciprocal once turned
+    # 1 / (1 + inf) into NaN (seen as an all-NaN Mamba output at input magnitude 1e3).
+    x, weight, bias = make_inputs(2, 33, 16, 4, seed=5)
+    x = x * 1e3
+    grad_weight = torch.randn(2, 2, 33, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    expected, expected_grads = value_and_grads(bidirectional_conv_silu_reference, [x, weight, bias], grad_weight)
+    got, grads = value_and_grads(bidirectional_conv_silu, [t.to(dtype) for t in (x, weight, bias)], grad_weight,
+                                 backend=backend)
+    assert torch.isfinite(got).all() and all(torch.isfinite(g).all() for g in grads)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol * expected.abs().max().item())
+    for mine, theirs in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(mine.double(), theirs, rtol=tol * 10, atol=tol * 10 * theirs.abs().max().item())

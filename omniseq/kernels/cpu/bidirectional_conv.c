@@ -13,6 +13,10 @@
 #include <math.h>
 #include <stdint.h>
 
+/* -ffast-math computes 1/(1+e) with a reciprocal estimate that turns e = inf into NaN, so the
+ * exponent is capped where e^80 is still finite in float and the sigmoid is 0 to the last bit. */
+#define EXP_NEG_CAPPED(EXP, T, v) EXP((v) > (T)-80 ? -(v) : (T)80)
+
 #define DEFINE_CONV(T, SUFFIX, EXP)                                                            \
 static inline T shifted_##SUFFIX(int64_t g, int64_t k, int64_t taps) {                         \
     return (T)(g == 0 ? k - (taps - 1) : (taps - 1) - k);                                      \
@@ -34,7 +38,7 @@ int64_t bidirectional_conv_fwd_##SUFFIX(                                        
                     const T *wk = w + (g * taps + k) * dim;                                    \
                     for (int64_t d = d_start; d < d_stop; ++d) o[d] += wk[d] * xr[d];   \
                 }                                                                              \
-                for (int64_t d = d_start; d < d_stop; ++d) o[d] = o[d] / ((T)1 + EXP(-o[d]));  \
+                for (int64_t d = d_start; d < d_stop; ++d) o[d] = o[d] / ((T)1 + EXP_NEG_CAPPED(EXP, T, o[d])); \
             }                                                                                  \
     return 0;                                                                                  \
 }                                                                                              \
@@ -59,7 +63,7 @@ int64_t bidirectional_conv_bwd_##SUFFIX(                                        
                 }                                                                              \
                 const T *go = grad_out + ((g * batch + b) * length + t) * dim;                 \
                 for (int64_t d = d_start; d < d_stop; ++d) {                                   \
-                    T s = (T)1 / ((T)1 + EXP(-pre[d]));                                        \
+                    T s = (T)1 / ((T)1 + EXP_NEG_CAPPED(EXP, T, pre[d]));                     \
                     pre[d] = go[d] * s * ((T)1 + pre[d] * ((T)1 - s));                         \
                     dbias[g * dim + d] += pre[d];                                              \
                 }                                                                              \

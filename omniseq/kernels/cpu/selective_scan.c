@@ -40,7 +40,8 @@
  * that the compiler vectorises; PyTorch's CPU log1p is scalar and cost more than the
  * whole scan forward. Rows are `groups` equal blocks, each with its own bias row.
  * Backward: grad_x = grad * sigmoid(x + bias) (1 above the threshold), and grad_bias
- * (zeroed by the caller) sums grad_x over each group's rows. */
+ * (zeroed by the caller) sums grad_x over each group's rows. Exponents are capped so that no
+ * vector lane overflows: -ffast-math's reciprocal turns 1/(1+inf) into NaN. */
 #define DEFINE_SOFTPLUS(T, SUFFIX, EXP, LOG1P)                                                 \
 int64_t softplus_bias_##SUFFIX(int64_t rows, int64_t dim, int64_t groups, const T *x,          \
                                const T *bias, T *out) {                                        \
@@ -51,7 +52,7 @@ int64_t softplus_bias_##SUFFIX(int64_t rows, int64_t dim, int64_t groups, const 
         T *out_row = out + r * dim;                                                            \
         for (int64_t j = 0; j < dim; ++j) {                                                    \
             T v = x_row[j] + (b_row ? b_row[j] : (T)0);                                        \
-            out_row[j] = v > (T)20 ? v : LOG1P(EXP(v));                                        \
+            out_row[j] = v > (T)20 ? v : LOG1P(EXP(v < (T)20 ? v : (T)20));                    \
         }                                                                                      \
     }                                                                                          \
     return 0;                                                                                  \
@@ -67,7 +68,7 @@ int64_t softplus_bias_bwd_##SUFFIX(int64_t rows, int64_t dim, int64_t groups, co
         T *gx_row = grad_x + r * dim;                                                          \
         for (int64_t j = 0; j < dim; ++j) {                                                    \
             T v = x_row[j] + (b_row ? b_row[j] : (T)0);                                        \
-            gx_row[j] = v > (T)20 ? g_row[j] : g_row[j] / ((T)1 + EXP(-v));                    \
+            gx_row[j] = v > (T)20 ? g_row[j] : g_row[j] / ((T)1 + EXP(v > (T)-80 ? -v : (T)80)); \
         }                                                                                      \
         if (grad_bias)                                                                         \
             for (int64_t j = 0; j < dim; ++j) grad_bias[group * dim + j] += gx_row[j];         \
