@@ -105,7 +105,8 @@ def pretrained_weights(results_dir: Path, name: str, scratch: torch.nn.Module, s
 
 def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int], finetune, pretrain,
               num_params) -> dict[str, dict]:
-    """Run every missing cell; returns all cells (finished earlier or now)."""
+    """Run every missing cell; returns all cells (finished earlier or now). Several runs may
+    share a results dir (e.g. one per model): each skips the cells the others have finished."""
     check_protocol(results_dir, models)
     cells = read_cells(results_dir)
     order = [t for t in RUN_ORDER if t in tasks] + [t for t in tasks if t not in RUN_ORDER]
@@ -115,6 +116,9 @@ def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int
             for name, build in models.items():
                 for init in ("scratch", "ecoli"):
                     key = cell_key(task, name, init, seed)
+                    if key in cells:
+                        continue
+                    cells.update(read_cells(results_dir))  # another run on the same dir may have done it
                     if key in cells:
                         continue
                     torch.manual_seed(seed)
