@@ -32,6 +32,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
 from omniseq.recipes.cli import build_cli, resolve_config_args
 
@@ -121,6 +122,8 @@ def measure(domain: str, warmup: int, steps: int, every_steps: int | None = None
 
         rates = [bare()]
         clock = _StepClock(warmup)
+        # Without validation there is nothing for early stopping to monitor (it would raise).
+        cli.trainer.callbacks[:] = [cb for cb in cli.trainer.callbacks if not isinstance(cb, EarlyStopping)]
         cli.trainer.callbacks.append(clock)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         recipe = clock.steps / clock.seconds
