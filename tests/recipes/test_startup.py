@@ -56,3 +56,10 @@ def test_static_catalogue_equals_the_registries():
     # Registration order follows import order, so compare the names as sets.
     assert sorted(catalogue.MIXERS) == sorted(list_mixers()), "update MIXERS in omniseq/recipes/catalogue.py"
     assert sorted(catalogue.DATASETS) == sorted(list_datasets()), "update DATASETS in omniseq/recipes/catalogue.py"
+
+
+def test_the_console_script_enters_through_the_launcher():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["omniseq"] == "omniseq.recipes.launcher:main"
