@@ -65,11 +65,13 @@ def test_list_prints_mixers_recipes_and_datasets(capsys):
 
 @pytest.mark.slow
 def test_fit_killed_mid_epoch_resumes_to_identical_metrics(tmp_path):
-    # 2 epochs of 60 batches and a step checkpoint every 50 steps (the recipe's
-    # setting): the kill lands at step 110, mid second epoch; last.ckpt is from step 100.
+    # 2 epochs of 60 batches and a step checkpoint every 50 steps (the recipe saves every
+    # 5 training minutes, which a seconds-long fit never reaches): the kill lands at step
+    # 110, mid second epoch; last.ckpt is from step 100.
     budget = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "60",
               "--trainer.limit_val_batches", "5", "--trainer.limit_test_batches", "5"]
-    metrics = assert_resume_is_exact(tmp_path, lambda root: tiny_args(root, *budget), kill_step=110)
+    metrics = assert_resume_is_exact(tmp_path, lambda root: tiny_args(root, *budget), kill_step=110,
+                                     checkpoint_every=50)
     assert {"test/mse", "test/mae", "val/loss"} <= set(metrics)
 
 
