@@ -42,16 +42,13 @@ def save_payload(payload: dict[str, Any], path: str | Path, kind: str) -> Path:
     return path
 
 
-def load_payload(path: str | Path, kind: str, required: tuple[str, ...], weights_only: bool = True,
+def load_payload(path: str | Path, kind: str, required: tuple[str, ...],
                  has_from_checkpoint: bool = False) -> dict[str, Any]:
     """Read a file written by ``<kind>.save`` as data; ValueError naming what it is otherwise.
 
     ``has_from_checkpoint``: ``<kind>.from_checkpoint`` exists, so the error for a Lightning
-    training checkpoint points there. Files are always read weights-only
-    (:func:`omniseq._files.load_file`); ``weights_only=False`` is refused.
+    training checkpoint points there. Files are read as data only (:func:`omniseq._files.load_file`).
     """
-    if not weights_only:
-        raise TypeError("load_payload reads files as data only; weights_only=False is not supported")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (expected one written by {kind}.save)")

@@ -192,7 +192,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | Path) -> Segmenter:
-        blob = load_payload(path, "Segmenter", ("config", "state_dict", "mean", "std"), weights_only=True,
+        blob = load_payload(path, "Segmenter", ("config", "state_dict", "mean", "std"),
                             has_from_checkpoint=True)
         seg = cls(**blob["config"])
         state = dict(blob["state_dict"])
