@@ -71,16 +71,21 @@ def _doubling_scan_(a: torch.Tensor, b: torch.Tensor, reverse: bool) -> torch.Te
 
 
 def _step_scan(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool, out: torch.Tensor
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool, out: torch.Tensor,
+    time_invariant: bool = False,
 ) -> torch.Tensor:
-    """One fused multiply-add per step: fastest once a step holds thousands of elements."""
+    """One fused multiply-add per step: fastest once a step holds thousands of elements.
+
+    ``time_invariant``: ``a`` has no time axis and is the same decay at every step
+    (ConvS5's plane scan), broadcast against each step of ``b``.
+    """
     steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
     prev = h0
     for t in steps:
         if prev is None:
             out[:, t] = b[:, t]
         else:
-            torch.addcmul(b[:, t], a[:, t], prev, out=out[:, t])
+            torch.addcmul(b[:, t], a if time_invariant else a[:, t], prev, out=out[:, t])
         prev = out[:, t]
     return out
 

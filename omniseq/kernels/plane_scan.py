@@ -18,20 +18,13 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from omniseq.kernels.linear_scan import _step_scan
+
 __all__ = ["plane_scan", "plane_scan_reference"]
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None, reverse: bool = False) -> torch.Tensor:
-    out = torch.empty_like(b)
-    steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
-    prev = h0
-    for t in steps:
-        if prev is None:
-            out[:, t] = b[:, t]
-        else:
-            torch.addcmul(b[:, t], a, prev, out=out[:, t])
-        prev = out[:, t]
-    return out
+    return _step_scan(a, b, h0, reverse, torch.empty_like(b), time_invariant=True)
 
 
 class _PlaneScanFn(torch.autograd.Function):
