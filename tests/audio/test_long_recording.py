@@ -17,41 +17,13 @@ import torch
 from torch import nn
 
 from omniseq.api.separator import Separator
+from omniseq.data.conversation import conversation, window_report
 from omniseq.data.speech_mixing import UtteranceBank
 from omniseq.domains.audio.chunked import chunk_starts
-from omniseq.domains.audio.metrics import pit_si_snr, si_snr_improvement
 from tests.conftest import shared_dataset
 
 RATE = 8000
 WINDOW = int(3.5 * RATE)
-
-
-def conversation(bank: UtteranceBank, speakers: tuple[str, str], seconds: float, seed: int = 0) -> np.ndarray:
-    """``(2, T)`` sources: alternating turns of 2-4 utterances with 0.05-0.25 s pauses, each turn
-    starting 0.6 s before to 0.3 s after the previous one ends, and every third turn an
-    interjection of the listener in the middle of it."""
-    rng = np.random.default_rng(seed)
-    pools = [[u.key for u in bank.utterances if u.speaker == s] for s in speakers]
-    total = int(seconds * RATE)
-    sources = np.zeros((2, total + 5 * RATE))
-
-    def say(who: int, at: int) -> int:
-        wav = bank.load(pools[who][rng.integers(len(pools[who]))]).astype(np.float64)
-        wav *= 0.1 * 10 ** (rng.uniform(-3, 3) / 20) / (np.sqrt(np.mean(wav**2)) + 1e-8)
-        sources[who, at : at + len(wav)] += wav
-        return at + len(wav)
-
-    cursor, who, turn = 0, 0, 0
-    while cursor < total:
-        start = cursor
-        for _ in range(rng.integers(2, 5)):
-            cursor = say(who, cursor) + int(rng.uniform(0.05, 0.25) * RATE)
-        if turn % 3 == 2:
-            say(1 - who, (start + cursor) // 2)
-        cursor = max(cursor + int(rng.uniform(-0.6, 0.3) * RATE), start + RATE)
-        who, turn = 1 - who, turn + 1
-    sources = sources[:, :total]
-    return 0.5 * sources / np.abs(sources.sum(0)).max()
 
 
 class LeakyOracle(nn.Module):
@@ -100,24 +72,12 @@ def test_three_minute_conversation_is_stitched_like_the_model_alone(tmp_path):
     stitched = separator.separate(mixture.astype(np.float32), out_dir=tmp_path, plot=False)
     assert stitched.shape == sources.shape and np.isfinite(stitched).all()
 
-    gaps, perms = [], []
-    for w in windows:
-        ref = torch.from_numpy(sources[:, w : w + WINDOW])[None]
-        mix = torch.from_numpy(mixture[w : w + WINDOW])[None]
-        energy = ref[0].square().sum(-1)
-        if energy.min() < 0.05 * energy.max():
-            continue  # one speaker (nearly) silent: SI-SNR of the other is undefined
-        alone = oracle(mix.float()).double()
-        ours = torch.from_numpy(stitched[:, w : w + WINDOW]).double()[None]
-        gaps.append(float(si_snr_improvement(ours, ref, mix) - si_snr_improvement(alone, ref, mix)))
-        perms.append(tuple(pit_si_snr(ours, ref)[1][0].tolist()))
-    assert len(gaps) >= 30  # most windows hold both speakers
-    assert min(gaps) > -0.5, f"stitched worse than the model alone by {-min(gaps):.2f} dB in some window"
-    majority = max(set(perms), key=perms.count)
-    swaps = sum(p != majority for p in perms) / len(perms)
-    assert swaps < 0.05, f"speaker order swapped in {swaps:.0%} of windows"
-    peak_ratio = np.abs(stitched).max() / np.abs(mixture).max()
-    assert peak_ratio <= 1.5, f"output peak is {peak_ratio:.2f}x the input's"
+    report = window_report(stitched, sources, oracle, WINDOW)
+    assert len(report.gaps) >= 30  # most windows hold both speakers
+    assert report.gaps.min() > -0.5, f"stitched worse than the model alone by {-report.gaps.min():.2f} dB in some window"
+    assert report.swap_rate() < 0.05, f"speaker order swapped in {report.swap_rate():.0%} of windows"
+    assert report.peak_ratio <= 1.5, f"output peak is {report.peak_ratio:.2f}x the input's"
+    assert report.clipped == 0
     np.testing.assert_allclose(stitched.sum(0), mixture, atol=1e-5)  # the sources add up to the recording
     for i in range(2):
         written, _ = sf.read(tmp_path / f"source_{i + 1}.wav", dtype="float32")
