@@ -18,6 +18,19 @@ and a language-model head, with three ways of treating the two DNA strands
   augmentation) whose outputs at inference average the prediction on ``x`` and the
   reverse-complemented prediction on ``RC(x)``.
 
+``patch_size=s > 1`` shortens the sequence before the blocks: a k-mer stem embeds
+each run of ``s`` bases as one token (a stride-``s`` convolution over one-hot bases,
+kernel = stride = ``s``), the blocks run on ``ceil(L / s)`` tokens, and per-base
+outputs (``forward``, ``forward_features``) come from each patch token through a
+per-offset channel scaling and bias (a depthwise transposed convolution, kernel =
+stride = ``s``). DNABERT-2's BPE tokens shorten GUE sequences ~4-5x in the same spirit
+(Zhou et al. 2024, https://arxiv.org/abs/2306.15006). A length not divisible by
+``s`` is right-padded with ``pad_id`` to whole patches and the padded outputs are
+cut off. Each strand is patched from its own 5' end, so the two strands of a PS
+model see different patch boundaries; the RC equivariance stays exact, because PS
+only needs the shared trunk to be the same function on both strands. Pooling weights
+every patch token by its number of real bases.
+
 ``causal=True`` gives a left-to-right language model (e.g. over bytes) with
 ``init_state`` / ``step`` / ``generate``, equal to the parallel form.
 
@@ -55,7 +68,8 @@ EMBED_INIT_STD = 0.02
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the sequence axis of ``x (B, L, D)`` counting positions where ``mask (B, L)`` is True."""
+    """Mean over the sequence axis of ``x (B, L, D)`` counting positions where ``mask (B, L)`` is True
+    (or weighting them by ``mask`` when it holds numbers)."""
     if mask is None:
         return x.mean(1)
     weight = mask.to(x.dtype).unsqueeze(-1)
@@ -87,8 +101,12 @@ def sinusoidal_positions(length: int, dim: int, device=None, dtype=None) -> torc
     return table.to(dtype or torch.float32)
 
 
-def _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement) -> torch.Tensor:
+def _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement, patch_size) -> torch.Tensor:
     """Validate DNAModel options; returns the complement permutation as a tensor."""
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int (bases per token), got {patch_size!r}")
+    if causal and patch_size > 1:
+        raise ValueError("a causal LM steps one base at a time: use patch_size=1 with causal=True")
     if rc_mode not in ("none", "ps", "ph"):
         raise ValueError(f"rc_mode must be 'none', 'ps' or 'ph', got {rc_mode!r}")
     if causal and rc_mode != "none":
@@ -104,6 +122,49 @@ def _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, comp
     if complement.shape != (vocab_size,) or not torch.equal(complement[complement], torch.arange(vocab_size)):
         raise ValueError(f"complement must be an involution of the {vocab_size} token ids, got {complement.tolist()}")
     return complement
+
+
+class PatchEmbed(nn.Module):
+    """One token per ``patch_size`` bases: the sum of one embedding table per offset in the patch.
+
+    That is a stride-``s`` convolution (kernel = stride = ``s``) over one-hot tokens,
+    without building the one-hot. Input ``(B, L)`` with ``L`` a multiple of ``s``.
+    """
+
+    def __init__(self, vocab_size: int, width: int, patch_size: int) -> None:
+        super().__init__()
+        self.vocab_size, self.patch_size = vocab_size, patch_size
+        self.table = nn.Embedding(vocab_size * patch_size, width)
+        # The sum of s tables: each at std/sqrt(s), so a patch starts at a base embedding's scale.
+        nn.init.normal_(self.table.weight, std=EMBED_INIT_STD / math.sqrt(patch_size))
+        self.register_buffer("offsets", torch.arange(patch_size) * vocab_size, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, length = ids.shape
+        patches = ids.view(batch, length // self.patch_size, self.patch_size) + self.offsets
+        return F.embedding_bag(patches.flatten(0, 1), self.table.weight, mode="sum").view(batch, -1, self.table.embedding_dim)
+
+
+class PatchUnembed(nn.Module):
+    """Per-base features from patch tokens: a depthwise transposed convolution, kernel = stride = ``s``.
+
+    Base ``j`` of a patch gets ``token * weight[j] + bias[j]`` (per channel). A linear head
+    on it reads a different channel mix for every offset, which is all a per-base
+    readout of one token needs, at ``2 s width`` parameters instead of a full
+    ``s width^2`` projection (which a classification fine-tune would carry unused).
+    """
+
+    def __init__(self, width: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.weight = nn.Parameter(torch.ones(patch_size, width))  # starts as repeating each token
+        self.bias = nn.Parameter(torch.zeros(patch_size, width))
+
+    def forward(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
+        """``(B, P, width)`` -> ``(B, length, width)``, ``length <= P * patch_size``."""
+        batch, num_tokens, width = tokens.shape
+        bases = torch.addcmul(self.bias, tokens.unsqueeze(2), self.weight)  # (B, P, s, width)
+        return bases.view(batch, num_tokens * self.patch_size, width)[:, :length]
 
 
 class DNAModel(nn.Module):
@@ -124,7 +185,9 @@ class DNAModel(nn.Module):
         pad_id: padding token id.
         drop_path, dropout: regularisation.
         num_heads: heads of attention/GLA mixers.
-        tie_embeddings: share the LM head weight with the token embedding.
+        tie_embeddings: share the LM head weight with the token embedding (``patch_size=1`` only:
+            a patch stem has one table per offset, so its head is untied).
+        patch_size: bases per token (k-mer stem, see the module docstring); 1 = one token per base.
     """
 
     def __init__(
@@ -147,33 +210,39 @@ class DNAModel(nn.Module):
         dropout: float = 0.0,
         num_heads: int | None = None,
         tie_embeddings: bool = True,
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
-        complement = _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement)
+        complement = _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement, patch_size)
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config["complement"] = complement.tolist()
         self.vocab_size, self.dim, self.depth = vocab_size, dim, depth
         self.rc_mode, self.causal, self.pad_id = rc_mode, causal, pad_id
-        self.max_length, self.pos_embed_kind = max_length, pos_embed
+        self.max_length, self.pos_embed_kind, self.patch_size = max_length, pos_embed, patch_size
         self.width = dim // 2 if rc_mode == "ps" else dim
+        max_tokens = None if max_length is None else -(-max_length // patch_size)
         self.register_buffer("complement", complement, persistent=False)
-        self.embed = nn.Embedding(vocab_size, self.width)
-        # Small init (as GPT-2 / Mamba): with a tied head, N(0, 1) embeddings give huge initial logits.
-        nn.init.normal_(self.embed.weight, std=EMBED_INIT_STD)
+        if patch_size == 1:
+            self.embed = nn.Embedding(vocab_size, self.width)
+            # Small init (as GPT-2 / Mamba): with a tied head, N(0, 1) embeddings give huge initial logits.
+            nn.init.normal_(self.embed.weight, std=EMBED_INIT_STD)
+        else:
+            self.embed = PatchEmbed(vocab_size, self.width, patch_size)
+            self.unpatch = PatchUnembed(self.width, patch_size)
         if pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, max_length, self.width))
+            self.pos_embed = nn.Parameter(torch.zeros(1, max_tokens, self.width))
             nn.init.trunc_normal_(self.pos_embed, std=EMBED_INIT_STD)
         self.drop = nn.Dropout(dropout)
         rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path]
         self.blocks = nn.ModuleList(
             Block(self.width, mixer=mixer, mixer_options=mixer_options, mlp_ratio=mlp_ratio,
                   channel_mixer=channel_mixer, norm=norm, drop=dropout, drop_path=rate, causal=causal,
-                  seq_len=max_length if mixer == "mlp" else None, num_heads=num_heads)
+                  seq_len=max_tokens if mixer == "mlp" else None, num_heads=num_heads)
             for rate in rates
         )
         self.norm_f = make_norm(norm, self.width)
         self.lm_head = nn.Linear(self.width, vocab_size, bias=False)
-        if tie_embeddings:
+        if tie_embeddings and patch_size == 1:
             self.lm_head.weight = self.embed.weight
 
     @property
@@ -204,10 +273,12 @@ class DNAModel(nn.Module):
             return codes * (EMBED_INIT_STD * math.sqrt(2.0))
         return None
 
-    def trunk(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embedding, blocks and final norm on one strand: ``(B, L)`` -> ``(B, L, width)``."""
+    def trunk_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding, blocks and final norm on one strand: ``(B, L)`` -> ``(B, ceil(L / patch_size), width)``."""
+        if ids.shape[1] % self.patch_size:
+            ids = F.pad(ids, (0, -ids.shape[1] % self.patch_size), value=self.pad_id)
         x = self.embed(ids)
-        pos = self._positions(ids.shape[1], x)
+        pos = self._positions(x.shape[1], x)
         if pos is not None:
             x = x + pos
         x = self.drop(x)
@@ -215,13 +286,27 @@ class DNAModel(nn.Module):
             x = block(x)
         return self.norm_f(x)
 
-    def _both_strands(self, ids: torch.Tensor, attention_mask: torch.Tensor | None):
-        """Trunk on the batch and on its reverse complement, packed into one batch."""
+    def trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-base features of one strand: ``(B, L)`` -> ``(B, L, width)``."""
+        tokens = self.trunk_tokens(ids)
+        return tokens if self.patch_size == 1 else self.unpatch(tokens, ids.shape[1])
+
+    def _token_weights(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Pooling weight of each trunk token: its number of real bases (None: all tokens equal)."""
+        length, size = ids.shape[1], self.patch_size
+        if size == 1 or (attention_mask is None and length % size == 0):
+            return attention_mask
+        mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask
+        mask = F.pad(mask, (0, -length % size), value=False)
+        return mask.view(mask.shape[0], -1, size).sum(-1)
+
+    def _both_strands(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, trunk=None):
+        """``trunk`` (per-base by default) on the batch and on its reverse complement, packed into one batch."""
         index = None
         if attention_mask is not None and not bool(attention_mask.all()):
             index = rc_gather_index(attention_mask)
         rc_ids = _flip_seq(self.complement[ids], index)
-        h = self.trunk(torch.cat([ids, rc_ids]))
+        h = (trunk or self.trunk)(torch.cat([ids, rc_ids]))
         h_fwd, h_rc = h.chunk(2)
         return h_fwd, h_rc, index
 
@@ -245,10 +330,11 @@ class DNAModel(nn.Module):
         """Sequence embedding ``(B, pooled_dim)``: masked mean; RC-invariant for PS (and Ph at eval)."""
         self._check_ids(ids, attention_mask)
         if not self._conjoin():
-            return masked_mean(self.trunk(ids), attention_mask)
-        h_fwd, h_rc, _ = self._both_strands(ids, attention_mask)
+            return masked_mean(self.trunk_tokens(ids), self._token_weights(ids, attention_mask))
+        h_fwd, h_rc, _ = self._both_strands(ids, attention_mask, self.trunk_tokens)
         # Right padding: the RC strand's real tokens are also the row's prefix, same mask.
-        return 0.5 * (masked_mean(h_fwd, attention_mask) + masked_mean(h_rc, attention_mask))
+        weights = self._token_weights(ids, attention_mask)
+        return 0.5 * (masked_mean(h_fwd, weights) + masked_mean(h_rc, weights))
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """LM logits ``(B, L, vocab)``; for PS/Ph the RC strand's logits are complement-permuted and added."""
