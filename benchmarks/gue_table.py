@@ -1,11 +1,14 @@
 """The whole GUE table on a CPU, resumable cell by cell (``python benchmarks/genomics.py --full``).
 
-A cell is one (task, model, init, seed): fine-tune from scratch or from the model's
-E. coli masked-LM pretraining, select on dev MCC, report test MCC. Every finished
-cell is appended to ``<results-dir>/cells.jsonl`` (with its CPU time) and skipped on
-the next run, and each model's pretrained weights are kept in
-``<results-dir>/pretrained/<model>-seed<s>.pt``, so the table can be built over
-several sessions. The default results dir, ``benchmarks/gue_table/``, is tracked by
+A cell is one (task, model, init, seed) of one model configuration: fine-tune from
+scratch or from the model's E. coli masked-LM pretraining, select on dev MCC, report
+test MCC. Every finished cell is appended to ``<results-dir>/cells.jsonl`` (with its
+CPU time and the model's configuration hash, ``model_hash``) and skipped on the next
+run, and each model's pretrained weights are kept in
+``<results-dir>/pretrained/<model>-<hash>-seed<s>.pt``, so the table can be built over
+several sessions. When a model's configuration in ``MODELS`` changes, its hash
+changes: the cells of the old configuration are stale, never reused; the runner makes
+the cells again and the table marks a stale cell that has no replacement yet. The default results dir, ``benchmarks/gue_table/``, is tracked by
 git for its ``cells.jsonl`` and ``protocol.json`` (commit them to hand the table on);
 the ``.pt`` weights are ignored and, when missing, are pretrained again. Small tasks
 run first, so whole rows fill early.
@@ -20,6 +23,8 @@ windows (last 10% of the chromosome held out).
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import json
 import os
 import time
@@ -38,8 +43,31 @@ RUN_ORDER = ("prom_core_tata", "prom_300_tata", "tf2", "tf4", "tf3", "tf1", "tf0
              "prom_core_notata", "prom_core_all")
 
 
-def cell_key(task: str, model: str, init: str, seed: int) -> str:
-    return f"{task}/{model}/{init}/seed{seed}"
+def model_hash(model: torch.nn.Module) -> str:
+    """12 hex digits naming a model configuration: its module tree (``repr``) and the
+    constructor options in ``model.config`` that differ from their defaults (so a new
+    option with a default leaves existing cells valid)."""
+    config = dict(getattr(model, "config", None) or {})
+    defaults = {name: p.default for name, p in inspect.signature(type(model).__init__).parameters.items()}
+    options = {k: v for k, v in config.items() if k not in defaults or defaults[k] != v}
+    text = repr(model) + json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cell_key(task: str, model: str, init: str, seed: int, config_hash: str) -> str:
+    return f"{task}/{model}/{init}/seed{seed}/{config_hash}"
+
+
+def find_cell(cells: dict[str, dict], task: str, model: str, init: str, seed: int,
+              config_hash: str) -> tuple[dict | None, bool]:
+    """The cell of the current configuration, else the latest stale one (another
+    ``model_hash``, or none recorded); returns ``(cell, stale)``."""
+    current = cells.get(cell_key(task, model, init, seed, config_hash))
+    if current is not None:
+        return current, False
+    old = [c for c in cells.values()
+           if (c.get("task"), c.get("model"), c.get("init"), c.get("seed")) == (task, model, init, seed)]
+    return (old[-1], True) if old else (None, False)
 
 
 def read_cells(results_dir: Path) -> dict[str, dict]:
@@ -66,26 +94,34 @@ def append_cell(results_dir: Path, cell: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def check_protocol(results_dir: Path, models: dict) -> None:
-    """Refuse to mix cells of another protocol or model configuration into one table."""
+def check_protocol(results_dir: Path, models: dict) -> dict[str, str]:
+    """Refuse a results dir of another protocol; record every model configuration seen
+    (``models[name][hash] = repr``) and return the current hash of each model."""
     path = results_dir / "protocol.json"
-    current = {"protocol": PROTOCOL, "models": {name: repr(build()) for name, build in models.items()}}
+    hashes, reprs = {}, {}
+    for name, build in models.items():
+        model = build()
+        hashes[name], reprs[name] = model_hash(model), repr(model)
+    seen: dict[str, dict[str, str]] = {}
     if path.exists():
         saved = json.loads(path.read_text())
         if saved["protocol"] != PROTOCOL:
             raise ValueError(f"{path}: the cells there were made with protocol {saved['protocol']}, not "
                              f"{PROTOCOL}; use another --results-dir")
-        for name, text in current["models"].items():
-            if name in saved["models"] and saved["models"][name] != text:
-                raise ValueError(f"{path}: model {name!r} had another configuration there; use another --results-dir")
-        current["models"] = {**saved["models"], **current["models"]}
+        # A model saved as one repr text is the format before cells had a model_hash.
+        seen = {name: entry if isinstance(entry, dict) else {"unhashed": entry}
+                for name, entry in saved["models"].items()}
+    for name, config_hash in hashes.items():
+        seen.setdefault(name, {})[config_hash] = reprs[name]
     results_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=1))
+    path.write_text(json.dumps({"protocol": PROTOCOL, "models": seen}, indent=1))
+    return hashes
 
 
 def pretrained_weights(results_dir: Path, name: str, scratch: torch.nn.Module, seed: int, pretrain) -> torch.nn.Module:
     """The model after E. coli pretraining: loaded if an earlier run saved it, else trained and saved."""
-    path = results_dir / "pretrained" / f"{name}-seed{seed}.pt"
+    config_hash = model_hash(scratch)
+    path = results_dir / "pretrained" / f"{name}-{config_hash}-seed{seed}.pt"
     model = copy.deepcopy(scratch)
     if path.exists():
         model.load_state_dict(load_file(path, what="pretrained GUE-table weights"))
@@ -93,7 +129,7 @@ def pretrained_weights(results_dir: Path, name: str, scratch: torch.nn.Module, s
     cpu0, wall0 = time.process_time(), time.time()
     info = pretrain(model, None, PROTOCOL["pretrain_seq_len"], PROTOCOL["pretrain_batch_size"], seed,
                     max_steps=PROTOCOL["pretrain_steps"])
-    info.update(model=name, seed=seed, cpu_seconds=round(time.process_time() - cpu0, 1),
+    info.update(model=name, model_hash=config_hash, seed=seed, cpu_seconds=round(time.process_time() - cpu0, 1),
                 wall_seconds=round(time.time() - wall0, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(model.state_dict(), path)
@@ -104,18 +140,18 @@ def pretrained_weights(results_dir: Path, name: str, scratch: torch.nn.Module, s
 
 
 def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int], finetune, pretrain,
-              num_params) -> dict[str, dict]:
+              num_params, inits: tuple[str, ...] = ("scratch", "ecoli")) -> dict[str, dict]:
     """Run every missing cell; returns all cells (finished earlier or now). Several runs may
     share a results dir (e.g. one per model): each skips the cells the others have finished."""
-    check_protocol(results_dir, models)
+    hashes = check_protocol(results_dir, models)
     cells = read_cells(results_dir)
     order = [t for t in RUN_ORDER if t in tasks] + [t for t in tasks if t not in RUN_ORDER]
     steps_for = lambda per_epoch: max(PROTOCOL["min_finetune_steps"], PROTOCOL["finetune_epochs"] * per_epoch)  # noqa: E731
     for seed in seeds:
         for task in order:
             for name, build in models.items():
-                for init in ("scratch", "ecoli"):
-                    key = cell_key(task, name, init, seed)
+                for init in inits:
+                    key = cell_key(task, name, init, seed, hashes[name])
                     if key in cells:
                         continue
                     cells.update(read_cells(results_dir))  # another run on the same dir may have done it
@@ -129,7 +165,8 @@ def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int
                     cpu0, wall0 = time.process_time(), time.time()
                     result = finetune(model, task, None, None, None, PROTOCOL["eval_every"], PROTOCOL["batch_size"],
                                       seed, steps_for=steps_for)
-                    result.update(key=key, task=task, model=name, init=init, seed=seed, params=num_params(model),
+                    result.update(key=key, task=task, model=name, model_hash=hashes[name], init=init, seed=seed,
+                                  params=num_params(model),
                                   cpu_seconds=round(time.process_time() - cpu0, 1),
                                   wall_seconds=round(time.time() - wall0, 1), threads=torch.get_num_threads(),
                                   finished=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
@@ -139,17 +176,30 @@ def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int
     return cells
 
 
-def table_markdown(cells: dict[str, dict], models: list[str], tasks: list[str], published: dict[str, float],
+def table_markdown(cells: dict[str, dict], models: dict[str, str], tasks: list[str], published: dict[str, float],
                    seed: int = 0) -> str:
-    """Test MCC per task (rows) and model x init (columns), 'not run yet' where a cell is missing;
-    CPU minutes per cell in a second table."""
+    """Test MCC per task (rows) and model x init (columns) for the models' current
+    configurations (``models``: name -> hash), 'not run yet' where a cell is missing and
+    'stale' beside the score of an older configuration; CPU minutes per cell in a second table."""
     columns = [(m, i) for m in models for i in ("scratch", "ecoli")]
     head = " | ".join(f"{m} {'scratch' if i == 'scratch' else '+E. coli'}" for m, i in columns)
     lines = [f"| task | {head} | DNABERT-2 (paper) |", "|" + "---|" * (len(columns) + 2)]
     cpu = [f"| task | {head} |", "|" + "---|" * (len(columns) + 1)]
+    any_stale = False
+
+    def show(found: tuple[dict | None, bool], value, missing: str) -> str:
+        nonlocal any_stale
+        cell, stale = found
+        any_stale |= stale
+        return missing if cell is None else value(cell) + (" (stale)" if stale else "")
+
     for task in tasks:
-        got = [cells.get(cell_key(task, m, i, seed)) for m, i in columns]
-        lines.append(f"| {task} | " + " | ".join("not run yet" if c is None else f"{c['test_mcc']:.3f}" for c in got)
+        got = [find_cell(cells, task, m, i, seed, models[m]) for m, i in columns]
+        lines.append(f"| {task} | " + " | ".join(show(f, lambda c: f"{c['test_mcc']:.3f}", "not run yet") for f in got)
                      + f" | {published[task]:.3f} |")
-        cpu.append(f"| {task} | " + " | ".join("-" if c is None else f"{c['cpu_seconds'] / 60:.1f}" for c in got) + " |")
-    return "\n".join(lines) + "\n\nCPU minutes per cell (fine-tuning and its dev/test evaluation):\n\n" + "\n".join(cpu)
+        cpu.append(f"| {task} | " + " | ".join(show(f, lambda c: f"{c['cpu_seconds'] / 60:.1f}", "-") for f in got)
+                   + " |")
+    note = ("\n\n(stale): made with an earlier configuration of that model (its `model_hash` is not the "
+            "current one); not reused, rerun to replace it." if any_stale else "")
+    return ("\n".join(lines) + note + "\n\nCPU minutes per cell (fine-tuning and its dev/test evaluation):\n\n"
+            + "\n".join(cpu))

@@ -1,15 +1,18 @@
-"""benchmarks/gue_table.py: cells are appended as they finish, skipped on resume, and a
-results dir of another protocol or model configuration is refused."""
+"""benchmarks/gue_table.py: cells are appended as they finish, skipped on resume, keyed
+by the model configuration's hash (an old configuration's cells are stale: rerun, and
+marked in the table), and a results dir of another protocol is refused."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from omniseq.backbones.cnn1d import DNACNN
+from omniseq.backbones.dna import DNAModel
 
 
 def _gue_table():
@@ -54,7 +57,9 @@ def test_cells_are_saved_skipped_on_resume_and_pretraining_is_reused(tmp_path):
     # One epoch, with the floor for the small task.
     assert first.steps == [table.PROTOCOL["min_finetune_steps"]] * 2 + [1012, 1012]
     assert len(cells) == 4 and len((tmp_path / "cells.jsonl").read_text().splitlines()) == 4
-    scratch, ecoli = cells["tf0/cnn/scratch/seed0"], cells["tf0/cnn/ecoli/seed0"]
+    config_hash = table.model_hash(models["cnn"]())
+    scratch = cells[table.cell_key("tf0", "cnn", "scratch", 0, config_hash)]
+    ecoli = cells[table.cell_key("tf0", "cnn", "ecoli", 0, config_hash)]
     assert scratch["test_mcc"] != ecoli["test_mcc"]  # the pretrained weights were used
     assert scratch["cpu_seconds"] >= 0 and scratch["params"] == 8 * 10 + (8 * 8 * 3 + 8) + 4 * 8
     # A cell lost mid-run (its line never written) is the only one run again.
@@ -64,16 +69,59 @@ def test_cells_are_saved_skipped_on_resume_and_pretraining_is_reused(tmp_path):
     resumed = table.run_table(tmp_path, models, ["tf0", "prom_core_tata"], [0], again.finetune, again.pretrain,
                               lambda m: 0)
     assert again.finetuned == ["tf0"] and again.pretrained == []  # weights read back, not retrained
-    assert resumed["tf0/cnn/ecoli/seed0"]["test_mcc"] == ecoli["test_mcc"]
-    text = table.table_markdown(resumed, ["cnn", "attention"], ["tf0", "tf1"], {"tf0": 0.72, "tf1": 0.76})
+    assert resumed[table.cell_key("tf0", "cnn", "ecoli", 0, config_hash)]["test_mcc"] == ecoli["test_mcc"]
+    text = table.table_markdown(resumed, {"cnn": config_hash, "attention": "0" * 12}, ["tf0", "tf1"],
+                                {"tf0": 0.72, "tf1": 0.76})
     assert "| tf1 | not run yet | not run yet | not run yet | not run yet | 0.760 |" in text
+    assert f"| tf0 | {scratch['test_mcc']:.3f} | {ecoli['test_mcc']:.3f} | not run yet |" in text
+    assert "stale" not in text
 
 
-def test_results_of_another_protocol_or_model_are_refused(tmp_path):
+def test_cells_of_an_old_model_configuration_are_stale_rerun_and_marked(tmp_path):
+    table = _gue_table()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    old = {"cnn": lambda: DNACNN(dim=8, depth=1, kernel_size=3)}
+    first = Recorder()
+    table.run_table(tmp_path, old, ["tf0"], [0], first.finetune, first.pretrain, count, inits=("scratch",))
+    assert first.finetuned == ["tf0"]
+    new = {"cnn": lambda: DNACNN(dim=8, depth=1, kernel_size=5)}
+    old_hash, new_hash = table.model_hash(old["cnn"]()), table.model_hash(new["cnn"]())
+    assert old_hash != new_hash
+    # Before a rerun the table shows the old score, marked stale, in both tables.
+    cells = table.read_cells(tmp_path)
+    text = table.table_markdown(cells, {"cnn": new_hash}, ["tf0"], {"tf0": 0.72})
+    old_mcc = cells[table.cell_key("tf0", "cnn", "scratch", 0, old_hash)]["test_mcc"]
+    assert f"| tf0 | {old_mcc:.3f} (stale) | not run yet | 0.720 |" in text and "(stale): made with" in text
+    assert " (stale) | - |" in text
+    # The runner does not reuse the stale cell: it runs the cell of the new configuration.
+    again = Recorder()
+    cells = table.run_table(tmp_path, new, ["tf0"], [0], again.finetune, again.pretrain, count, inits=("scratch",))
+    assert again.finetuned == ["tf0"]
+    fresh = cells[table.cell_key("tf0", "cnn", "scratch", 0, new_hash)]
+    assert fresh["model_hash"] == new_hash and fresh["params"] == count(new["cnn"]())
+    text = table.table_markdown(cells, {"cnn": new_hash}, ["tf0"], {"tf0": 0.72})
+    assert f"| tf0 | {fresh['test_mcc']:.3f} | not run yet | 0.720 |" in text and "stale" not in text
+    # Both configurations are on record in protocol.json.
+    assert set(json.loads((tmp_path / "protocol.json").read_text())["models"]["cnn"]) == {old_hash, new_hash}
+
+
+def test_model_hash_sees_options_that_repr_does_not_and_ignores_defaults():
+    table = _gue_table()
+    torch.manual_seed(0)
+    base = table.model_hash(DNAModel(dim=8, depth=1, mixer_options={"d_state": 4}))
+    # Weights do not matter, options left at their default do not either.
+    torch.manual_seed(1)
+    assert table.model_hash(DNAModel(dim=8, depth=1, mixer_options={"d_state": 4}, patch_size=1)) == base
+    # The same module tree (an 8-wide trunk) with RC parameter sharing is another model.
+    ps = DNAModel(dim=16, depth=1, mixer_options={"d_state": 4}, rc_mode="ps")
+    assert repr(ps) == repr(DNAModel(dim=8, depth=1, mixer_options={"d_state": 4}))
+    assert table.model_hash(ps) != base
+    assert table.model_hash(DNAModel(dim=8, depth=1, mixer_options={"d_state": 4}, patch_size=2)) != base
+
+
+def test_results_of_another_protocol_are_refused(tmp_path):
     table = _gue_table()
     table.check_protocol(tmp_path, {"cnn": lambda: DNACNN(dim=8, depth=1)})
-    with pytest.raises(ValueError, match="model 'cnn' had another configuration"):
-        table.check_protocol(tmp_path, {"cnn": lambda: DNACNN(dim=16, depth=1)})
     saved = dict(table.PROTOCOL)
     table.PROTOCOL["pretrain_steps"] += 1
     try:
