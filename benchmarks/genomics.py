@@ -77,6 +77,14 @@ MODELS = {
                                   mlp_ratio=4.0, norm="layernorm", pos_embed="learned", max_length=512),
     "cnn": lambda: DNACNN(dim=64, depth=3, kernel_size=9),
 }
+# Candidates that --models can name, outside the default table: Caduceus-PS's CPU size
+# on k-mer tokens (patch_size s: ceil(L / s) tokens through the blocks).
+CANDIDATES = {
+    f"caduceus_ps_k{size}": (lambda size=size: DNAModel(
+        dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1}, rc_mode="ps",
+        channel_mixer="none", norm="rmsnorm", patch_size=size))
+    for size in (2, 3, 4, 5, 6)
+}
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -221,7 +229,9 @@ print(base, status("VmHWM"), time.time() - t, sum(p.numel() for p in model.param
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(GUE_TASKS))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS) + list(CANDIDATES))
+    parser.add_argument("--inits", nargs="+", default=["scratch", "ecoli"], choices=["scratch", "ecoli"],
+                        help="with --full: which cells of each model to run (scratch, +E. coli pretraining)")
     parser.add_argument("--pretrain-minutes", type=float, default=1.5)
     parser.add_argument("--finetune-minutes", type=float, default=0.5)
     parser.add_argument("--max-train-samples", type=int, default=4000)
@@ -243,12 +253,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.full:
-        models = {name: MODELS[name] for name in args.models}
+        models = {name: {**MODELS, **CANDIDATES}[name] for name in args.models}
+        hashes = {name: gue_table.model_hash(build()) for name, build in models.items()}
         cells = gue_table.read_cells(args.results_dir)
         if not args.table_only:
             print("protocol", json.dumps(gue_table.PROTOCOL), flush=True)
-            cells = gue_table.run_table(args.results_dir, models, args.tasks, args.seeds, finetune, pretrain, num_params)
-        print(gue_table.table_markdown(cells, list(models), args.tasks, PUBLISHED, args.seeds[0]))
+            cells = gue_table.run_table(args.results_dir, models, args.tasks, args.seeds, finetune, pretrain, num_params,
+                                        inits=args.inits)
+        print(gue_table.table_markdown(cells, hashes, args.tasks, PUBLISHED, args.seeds[0]))
         return
     torch.manual_seed(args.seed)
     results = {"settings": {k: str(v) for k, v in vars(args).items()}, "memory": measure_memory(args.memory_length)}
@@ -257,7 +269,7 @@ def main() -> None:
         results["models"] = {}
         for name in args.models:
             torch.manual_seed(args.seed)
-            scratch = MODELS[name]()
+            scratch = {**MODELS, **CANDIDATES}[name]()
             entry = {"params": num_params(scratch), "pretrain": None, "gue": {}}
             pretrained = copy.deepcopy(scratch)
             entry["pretrain"] = pretrain(pretrained, args.pretrain_minutes, args.pretrain_seq_len, 16, args.seed,

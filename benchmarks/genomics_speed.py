@@ -6,10 +6,12 @@ same process, in alternating rounds, and the median is reported as process CPU t
 (one torch thread), which a shared machine disturbs far less than wall time; wall
 time is printed beside it. Peers: the GUE benchmark's CNN (``MODELS["cnn"]`` of
 ``benchmarks/genomics.py``, 0.11M parameters) and a CNN of about Caduceus-PS's
-parameter count.
+parameter count. The Caduceus-PS rows with a k-mer stem (``patch_size`` s) run the
+same blocks on ceil(L / s) tokens.
 
     python benchmarks/genomics_speed.py                       # L = 70, 101, 300; batch 32
     python benchmarks/genomics_speed.py --lengths 101 --rounds 7
+    python benchmarks/genomics_speed.py --models "caduceus_ps 0.54M (k-mer stem s=4)"
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from omniseq.backbones.cnn1d import DNACNN
 from omniseq.backbones.dna import DNAModel
 
 
-def caduceus_ps(dim: int, depth: int, d_state: int, expand: int) -> DNAModel:
+def caduceus_ps(dim: int, depth: int, d_state: int, expand: int, patch_size: int = 1) -> DNAModel:
     return DNAModel(dim=dim, depth=depth, mixer="mamba", mixer_options={"d_state": d_state, "expand": expand},
-                    rc_mode="ps", channel_mixer="none", norm="rmsnorm")
+                    rc_mode="ps", channel_mixer="none", norm="rmsnorm", patch_size=patch_size)
 
 
 MODELS = {
@@ -37,9 +39,13 @@ MODELS = {
     "caduceus_ps 0.54M (old recipe size)": lambda: caduceus_ps(256, 4, 16, 2),
     # The CPU size of the recipes: wider, expand 1 and N 8 put the parameters in the
     # projections, where a matmul spends them efficiently, not in the scan.
-    "caduceus_ps 0.50M (CPU size)": lambda: caduceus_ps(448, 3, 8, 1),
+    "caduceus_ps 0.53M (CPU size, 1 base/token)": lambda: caduceus_ps(448, 3, 8, 1),
+    # The same blocks on k-mer tokens (patch_size s: a stride-s stem, ceil(L / s) tokens).
+    **{f"caduceus_ps 0.54M (k-mer stem s={size})": (lambda size=size: caduceus_ps(448, 3, 8, 1, patch_size=size))
+       for size in (2, 3, 4, 5, 6)},
 }
 BASELINE = "cnn (GUE benchmark)"
+MATCHED = "cnn (param-matched)"
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -59,13 +65,13 @@ def make_step(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor):
     return step
 
 
-def time_length(length: int, batch: int, rounds: int, seed: int) -> list[dict]:
-    """Median CPU and wall seconds per step of every model at one length, alternating."""
+def time_length(length: int, batch: int, rounds: int, seed: int, names: list[str]) -> list[dict]:
+    """Median CPU and wall seconds per step of the named models at one length, alternating."""
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 9, (batch, length), generator=gen)  # A, C, G, T
     labels = torch.randint(0, 2, (batch,), generator=gen)
     torch.manual_seed(seed)
-    models = {name: build() for name, build in MODELS.items()}
+    models = {name: MODELS[name]() for name in names}
     steps = {name: make_step(model, ids, labels) for name, model in models.items()}
     cpu: dict[str, list[float]] = {name: [] for name in models}
     wall: dict[str, list[float]] = {name: [] for name in models}
@@ -83,7 +89,7 @@ def time_length(length: int, batch: int, rounds: int, seed: int) -> list[dict]:
         med = statistics.median(cpu[name])
         rows.append({"length": length, "model": name, "params": num_params(model), "cpu_s": med,
                      "wall_s": statistics.median(wall[name]), "x_cnn": med / base})
-    matched = next(r["cpu_s"] for r in rows if r["model"] == "cnn (param-matched)")
+    matched = next(r["cpu_s"] for r in rows if r["model"] == MATCHED)
     for row in rows:
         row["x_matched_cnn"] = row["cpu_s"] / matched
     return rows
@@ -96,14 +102,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="NAME",
+                        help=f"models to time (both CNNs are always timed: they are the ratios' peers); from {list(MODELS)}")
     args = parser.parse_args()
+    names = [BASELINE, MATCHED] + [name for name in args.models if name not in (BASELINE, MATCHED)]
     torch.set_num_threads(args.threads)
     print(f"batch {args.batch_size}, {args.threads} torch thread(s), median of {args.rounds} alternating rounds; "
           "CPU s = process CPU time per training step")
     print("| L | model | params | CPU s/step | wall s/step | x GUE CNN | x param-matched CNN |")
     print("|---|---|---|---|---|---|---|")
     for length in args.lengths:
-        for r in time_length(length, args.batch_size, args.rounds, args.seed):
+        for r in time_length(length, args.batch_size, args.rounds, args.seed, names):
             print(f"| {r['length']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['cpu_s']:.3f} | {r['wall_s']:.3f} "
                   f"| {r['x_cnn']:.1f} | {r['x_matched_cnn']:.1f} |", flush=True)
 
