@@ -20,7 +20,7 @@ from omniseq.backbones.revin import RevIN, check_series_input
 
 __all__ = ["TSMixer", "TSMixerBlock"]
 
-TSMixerNorm = Literal["layernorm", "batchnorm"]
+TSMixerNorm = Literal["layernorm", "batchnorm", "none"]
 
 
 class _JointBatchNorm(nn.Module):
@@ -44,7 +44,9 @@ def _make_norm(kind: TSMixerNorm, seq_len: int, num_channels: int) -> nn.Module:
         return nn.LayerNorm((seq_len, num_channels))
     if kind == "batchnorm":
         return _JointBatchNorm(seq_len, num_channels)
-    raise ValueError(f"TSMixer: norm must be 'layernorm' or 'batchnorm', got {kind!r}")
+    if kind == "none":  # TSLib's TSMixer has no normalisation layers
+        return nn.Identity()
+    raise ValueError(f"TSMixer: norm must be 'layernorm', 'batchnorm' or 'none', got {kind!r}")
 
 
 class TSMixerBlock(nn.Module):
@@ -93,8 +95,9 @@ class TSMixer(nn.Module):
             up to 0.9 on ETT).
         mixer: time-mixing mixer; ``mlp`` is the paper's.
         mixer_options: extra options for the mixer.
-        norm: ``layernorm`` (over time and channels per sample) or ``batchnorm``
-            (per time-channel entry over the batch).
+        norm: ``layernorm`` (over time and channels per sample), ``batchnorm``
+            (per time-channel entry over the batch) or ``none``. TSLib's TSMixer is
+            ``norm="none", use_norm=False, mixer_options={"hidden": d_model}``.
         use_norm: wrap the model in affine RevIN.
 
     ``x_mark`` is accepted for interface parity and ignored: TSMixer's basic form

@@ -144,12 +144,29 @@ def test_tsmixer_batchnorm_and_errors():
     model = TSMixer(seq_len=L, pred_len=H, num_channels=C, norm="batchnorm")
     model.train()
     assert model(torch.randn(4, L, C)).shape == (4, H, C)
-    with pytest.raises(ValueError, match="norm must be 'layernorm' or 'batchnorm'"):
+    with pytest.raises(ValueError, match="norm must be 'layernorm', 'batchnorm' or 'none'"):
         TSMixer(seq_len=L, pred_len=H, num_channels=C, norm="groupnorm")
     with pytest.raises(ValueError, match=r"x must have shape \(B, 48, 5\), got \(2, 48, 6\)"):
         model(torch.randn(2, L, 6))
     with pytest.raises(ValueError, match="NaN or inf"):
         model(torch.full((2, L, C), float("inf")))
+
+
+def test_tsmixer_in_tslib_layout_equals_tslibs_resblock_formula():
+    """``norm="none", use_norm=False, mixer_options={"hidden": d}`` is TSLib's TSMixer:
+    ``x + Drop(W2 relu(W1 x^T))^T`` then ``x + Drop(V2 relu(V1 x))``, then the projection."""
+    torch.manual_seed(0)
+    model = TSMixer(seq_len=L, pred_len=H, num_channels=C, ff_dim=12, mixer_options={"hidden": 20},
+                    norm="none", use_norm=False).double().eval()
+    x, _ = _inputs(torch.float64)
+    ref = x
+    for block in model.blocks:
+        t = block.time_mixer
+        ref = ref + t.fc2(torch.relu(t.fc1(ref.transpose(1, 2)))).transpose(1, 2)
+        f1, f2 = block.feature_mlp[0], block.feature_mlp[3]
+        ref = ref + f2(torch.relu(f1(ref)))
+    ref = model.temporal_projection(ref.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(model(x), ref, rtol=1e-12, atol=1e-12)
 
 
 # -- PatchTST-style patch tokens ---------------------------------------------------------
