@@ -11,12 +11,13 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.train_logging import TrainLossLogging
 
 LossName = Literal["mse", "mae", "huber"]
 _LOSSES = {"mse": nn.MSELoss, "mae": nn.L1Loss, "huber": nn.HuberLoss}
 
 
-class ForecastingTask(CheckpointOrigin, L.LightningModule):
+class ForecastingTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Fit a forecasting backbone ``(x (B, L, C), x_mark) -> (B, H, C)`` with MSE/MAE metrics.
 
     Metrics are computed in the DataModule's normalised space, the convention of
@@ -63,7 +64,7 @@ class ForecastingTask(CheckpointOrigin, L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self._predict_batch(batch), batch["y"])
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -24,11 +24,12 @@ from omniseq.data.genome_annotation import ANNOTATION_CLASSES, IGNORE_INDEX
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.genomics import _optimizers, load_backbone_weights
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.train_logging import TrainLossLogging
 
 __all__ = ["GenomeAnnotationTask"]
 
 
-class GenomeAnnotationTask(CheckpointOrigin, L.LightningModule):
+class GenomeAnnotationTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Label every base from the backbone's per-token features (``forward_features``).
 
     The head is a linear layer on the features, which for a Caduceus-PS backbone hold
@@ -96,7 +97,7 @@ class GenomeAnnotationTask(CheckpointOrigin, L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def _eval(self, batch: dict[str, torch.Tensor], stage: str) -> None:

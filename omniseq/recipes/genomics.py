@@ -22,6 +22,7 @@ from omniseq.backbones.dna import rc_gather_index
 from omniseq.domains.genomics import NucleotideTokenizer, mask_tokens
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.train_logging import TrainLossLogging
 
 __all__ = ["DNAPretrainTask", "SequenceClassificationTask", "load_backbone_weights", "random_reverse_complement"]
 
@@ -57,7 +58,7 @@ def _optimizers(task: L.LightningModule, lr: float, weight_decay: float, warmup_
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class DNAPretrainTask(CheckpointOrigin, L.LightningModule):
+class DNAPretrainTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Masked (BERT 15%, 80/10/10) or causal language-model pretraining of a DNA backbone.
 
     The backbone maps token ids ``(B, L)`` to logits ``(B, L, vocab)`` (``DNAModel``,
@@ -133,7 +134,7 @@ class DNAPretrainTask(CheckpointOrigin, L.LightningModule):
         if self.hparams.rc_augment:
             ids = random_reverse_complement(ids, self.complement)
         loss, _ = self._loss(ids)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def _eval(self, batch: dict[str, torch.Tensor], batch_idx: int, stage: str) -> None:
@@ -192,7 +193,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     return list(result.missing_keys)
 
 
-class SequenceClassificationTask(CheckpointOrigin, L.LightningModule):
+class SequenceClassificationTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Classify whole sequences from the backbone's pooled embedding (``forward_pooled``).
 
     Args:
@@ -253,7 +254,7 @@ class SequenceClassificationTask(CheckpointOrigin, L.LightningModule):
         if self.hparams.rc_augment:
             ids = random_reverse_complement(ids, self.complement, mask)
         loss = F.cross_entropy(self(ids, mask), batch["label"])
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def _eval(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, prefix: str) -> None:

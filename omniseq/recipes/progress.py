@@ -3,7 +3,8 @@
 Lightning's Rich and TQDM bars redraw one line in place: in a file they arrive as one
 blob at the end, or as thousands of carriage returns. ``ProgressLines`` is a Lightning
 ``ProgressBar`` (so it replaces them) that prints one ordinary line every
-``every_seconds``: epoch, step, training loss, steps/s, time left and CPU budget left.
+``every_seconds``: epoch, step, training loss (the mean over the steps since the last
+line, from the losses ``training_step`` returned), steps/s, time left and CPU budget left.
 When training ends it prints one line saying why (budget, early stopping, max_time,
 max_steps, max_epochs).
 """
@@ -17,10 +18,12 @@ from datetime import timedelta
 from typing import Any, TextIO
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
 from omniseq.recipes.callbacks import CPUTimeBudget
+from omniseq.recipes.train_logging import TRAIN_LOSS
 
 
 def _clock(seconds: float) -> str:
@@ -74,6 +77,8 @@ class ProgressLines(ProgressBar):
         self._start_step = self._last_step = 0
         self._epoch_train_s = self._epoch_mark = 0.0
         self._epoch_first_step = 0
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_steps = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -90,14 +95,22 @@ class ProgressLines(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = time.perf_counter()
         self._start_step = self._last_step = trainer.global_step
+        self._loss_sum, self._loss_steps = None, 0
         self._write(trainer, f"progress: training from step {trainer.global_step}, a line every "
                              f"{self.every_seconds:g} s")
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            # Summed on the loss's device: no host sync until a line is written.
+            loss = loss.detach().float() * trainer.accumulate_grad_batches  # Lightning divided it
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_steps += 1
         now = time.perf_counter()
         if now - self._last >= self.every_seconds or trainer.global_step == self._start_step + 1:
             self._write(trainer, self.status_line(trainer, now))
             self._last, self._last_step = now, trainer.global_step
+            self._loss_sum, self._loss_steps = None, 0
 
     def status_line(self, trainer: L.Trainer, now: float) -> str:
         steps = trainer.global_step
@@ -106,8 +119,12 @@ class ProgressLines(ProgressBar):
         total = trainer.estimated_stepping_batches
         if math.isfinite(total):
             parts[-1] += f"/{int(total)}"
+        if self._loss_steps:
+            mean = float(self._loss_sum) / self._loss_steps
+            parts.append(f"{TRAIN_LOSS} {mean:.4g}" + (f" (mean of {self._loss_steps} batches)" if self._loss_steps > 1 else ""))
         metrics = trainer.progress_bar_metrics
-        parts += [f"{key} {float(value):.4g}" for key, value in metrics.items() if key.startswith("train/")]
+        parts += [f"{key} {float(value):.4g}" for key, value in metrics.items()
+                  if key.startswith("train/") and not (key == TRAIN_LOSS and self._loss_steps)]
         parts.append(f"{rate:.2f} steps/s")
         parts.append(f"elapsed {_clock(now - self._start)}")
         overall = (steps - self._start_step) / max(now - self._start, 1e-9)

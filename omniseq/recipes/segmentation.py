@@ -26,6 +26,7 @@ from omniseq._files import atomic_path
 from omniseq.domains.vision.inference import sliding_window_inference
 from omniseq.recipes.checkpoints import CheckpointOrigin, read_checkpoint
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.train_logging import TrainLossLogging
 
 __all__ = ["OverlayWriter", "SegmentationTask", "class_colours", "dice_loss", "follow_data", "save_overlay"]
 
@@ -242,7 +243,7 @@ def _is_subclass(class_path: str | None, cls: type) -> bool:
     return isinstance(found, type) and issubclass(found, cls)
 
 
-class SegmentationTask(CheckpointOrigin, L.LightningModule):
+class SegmentationTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Per-pixel classification with cross-entropy + Dice and torchmetrics mIoU / Dice / accuracy.
 
     The per-channel mean and std of the training images (from the DataModule, at fit)
@@ -370,7 +371,7 @@ class SegmentationTask(CheckpointOrigin, L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["image"]), batch["mask"])
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def _evaluate(self, batch: dict, metrics: MetricCollection, class_dice, prefix: str) -> None:
@@ -421,7 +422,7 @@ class SegmentationTask(CheckpointOrigin, L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 1) if self.trainer else 1000
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1000
         warmup = min(self.hparams.warmup_steps, total // 2)
 
         def schedule(step: int) -> float:

@@ -10,11 +10,12 @@ from torchmetrics import MeanMetric, MetricCollection
 from omniseq.domains.audio.metrics import pit_si_snr, sdr_improvement, si_snr_improvement
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.train_logging import TrainLossLogging
 
 __all__ = ["SeparationTask"]
 
 
-class SeparationTask(CheckpointOrigin, L.LightningModule):
+class SeparationTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Fit a separator ``(B, T) -> (B, S, T)`` on batches ``{"mixture", "sources"}``.
 
     Loss: negative permutation-invariant SI-SNR. Validation logs ``val/loss``
@@ -56,7 +57,7 @@ class SeparationTask(CheckpointOrigin, L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         best, _ = pit_si_snr(self(batch["mixture"]), batch["sources"])
         loss = -best.mean()
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], metrics: MetricCollection, with_sdr: bool) -> None:

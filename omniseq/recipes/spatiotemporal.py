@@ -11,6 +11,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, Metric
 
 from omniseq.recipes.checkpoints import CheckpointOrigin
 from omniseq.recipes.hparams import save_task_hyperparameters
+from omniseq.recipes.train_logging import TrainLossLogging
 
 __all__ = ["SpatiotemporalTask", "lead_table", "masked_by_lead", "masked_values", "register_config_resolvers"]
 BASELINES = ("model", "persistence", "climatology")
@@ -65,7 +66,7 @@ def lead_table(scores: dict[str, torch.Tensor], step: str = "step") -> str:
     return f"test MSE per lead time ({step}s ahead; normalised units, masked cells):\n" + "\n".join(lines)
 
 
-class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
+class SpatiotemporalTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
     """Fit a frame forecaster ``(B, T, C, H, W) -> (B, pred_len, C_out, H, W)``.
 
     Loss and metrics use only cells whose ``mask`` is 1 (land in WFDE5). Metrics,
@@ -115,7 +116,7 @@ class SpatiotemporalTask(CheckpointOrigin, L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         _, p, t = self._shared(batch)
         loss = self.criterion(p, t)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_train_loss(loss)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
