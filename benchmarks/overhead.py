@@ -3,17 +3,27 @@
 For each domain the packaged recipe is built by the CLI (``build_cli(run=False)``) and
 then trained two ways on the same data, same model configuration, same optimizer:
 
-* bare: a plain PyTorch loop (``DataLoader(shuffle=True)``, forward, loss, backward,
-  ``optimizer.step``) over a fresh copy of the recipe's model;
+* bare: a plain PyTorch loop over a fresh copy of the recipe's model: ``DataLoader(shuffle=True)``
+  over the recipe's training set (same batch size, collate, workers), the task's own loss,
+  ``backward``, the recipe's gradient clipping, ``optimizer.step`` and the recipe's
+  learning-rate schedule;
 * recipe: ``trainer.fit`` with everything the recipe has: Lightning's loop, the resumable
-  sampler, logging, progress lines, checkpoint callbacks, RNG checkpointing, CPU budget.
+  sampler, ``self.log`` every step, progress lines, checkpoint callbacks (the last.ckpt
+  written at the end of fit is inside the measured time), RNG checkpointing, CPU budget.
 
 Validation is switched off in both (it is work, not overhead). Steps per CPU-second is
 counted after ``--warmup`` steps; the bare loop runs before and after the recipe and
 its two rates are averaged, so a drift in machine load shows as their spread.
+``extra ms/step`` is the recipe's fixed cost per step: ``1000 * (1/recipe - 1/bare)``.
+
+One thread by default: with two OpenMP threads on a loaded machine, the process's CPU
+time also counts threads spin-waiting for a descheduled partner, which swamps the
+difference measured here. ``--threads 2`` is for an idle machine.
 
     python benchmarks/overhead.py                          # all three domains
     python benchmarks/overhead.py --domains forecasting --steps 300
+    python benchmarks/overhead.py --domains forecasting --recipe-args \\
+        --model.backbone.d_model 16 --model.backbone.d_ff 16   # a tiny model: overhead alone
 
 The models: separation/fsdd_convtasnet is torchaudio's ConvTasNet; segmentation/
 isbi2012_deit_tiny is timm's DeiT-T layout (omniseq's registered copy) with the
@@ -37,10 +47,11 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omniseq.recipes.cli import build_cli, resolve_config_args
 
 RECIPES = {
+    "forecasting": "forecasting/etth1_itransformer_96",
     "separation": "separation/fsdd_convtasnet",
     "segmentation": "segmentation/isbi2012_deit_tiny",
-    "forecasting": "forecasting/etth1_itransformer_96",
 }
+DEFAULT_STEPS = {"forecasting": 200, "separation": 30, "segmentation": 40}
 
 
 def _loss(domain: str) -> Callable[[L.LightningModule, dict], torch.Tensor]:
@@ -55,7 +66,7 @@ def _loss(domain: str) -> Callable[[L.LightningModule, dict], torch.Tensor]:
 
 
 class _StepClock(L.Callback):
-    """Process CPU time from the end of step ``warmup`` to the end of fit."""
+    """Process CPU time from the end of step ``warmup`` to the end of fit (final checkpoint included)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.steps, self.seconds = warmup, None, 0, 0.0
@@ -68,10 +79,28 @@ class _StepClock(L.Callback):
         self.steps, self.seconds = trainer.global_step - self.warmup, time.process_time() - self.start
 
 
-def bare_rate(task: L.LightningModule, loader: torch.utils.data.DataLoader, optimizer: torch.optim.Optimizer,
-              loss_fn: Callable, clip: float | None, warmup: int, steps: int) -> float:
+def _optimizer(task: L.LightningModule) -> tuple[torch.optim.Optimizer, object | None, str]:
+    """The task's optimizer, its scheduler (or None) and the scheduler's interval."""
+    config = task.configure_optimizers()
+    if isinstance(config, torch.optim.Optimizer):
+        return config, None, "epoch"
+    if isinstance(config, dict):
+        scheduler = config.get("lr_scheduler")
+        if isinstance(scheduler, dict):
+            return config["optimizer"], scheduler["scheduler"], scheduler.get("interval", "epoch")
+        return config["optimizer"], scheduler, "epoch"
+    first = config[0]
+    return (first[0] if isinstance(first, (list, tuple)) else first), None, "epoch"
+
+
+def bare_rate(task: L.LightningModule, loader: torch.utils.data.DataLoader, loss_fn: Callable,
+              clip: float | None, warmup: int, steps: int) -> float:
+    """Steps per CPU-second of a plain training loop after ``warmup`` steps."""
+    optimizer, scheduler, interval = _optimizer(task)
+    # ReduceLROnPlateau follows validation, which neither side runs here.
+    stepped = scheduler if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else None
     task.train()
-    done, start = 0, None
+    done, start = 0, time.process_time()
     while done < warmup + steps:
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -80,33 +109,24 @@ def bare_rate(task: L.LightningModule, loader: torch.utils.data.DataLoader, opti
             if clip:
                 torch.nn.utils.clip_grad_norm_(task.parameters(), clip)
             optimizer.step()
+            if stepped is not None and interval == "step":
+                stepped.step()
             done += 1
             if done == warmup:
                 start = time.process_time()
             if done == warmup + steps:
                 break
+        else:
+            if stepped is not None and interval == "epoch":
+                stepped.step()
     return steps / (time.process_time() - start)
 
 
-def _optimizer(task: L.LightningModule) -> torch.optim.Optimizer:
-    config = task.configure_optimizers()
-    if isinstance(config, dict):
-        return config["optimizer"]
-    if isinstance(config, (list, tuple)):
-        first = config[0]
-        return first[0] if isinstance(first, (list, tuple)) else first
-    return config
-
-
-def measure(domain: str, warmup: int, steps: int, every_steps: int | None = None) -> dict[str, float]:
+def measure(domain: str, warmup: int, steps: int, recipe_args: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as root:
         args = ["--config", RECIPES[domain], "--trainer.default_root_dir", root, "--trainer.limit_val_batches", "0",
                 "--trainer.num_sanity_val_steps", "0", "--trainer.max_epochs", "-1", "--trainer.max_time", "null",
-                "--trainer.max_steps", str(warmup + steps)]
-        if every_steps:  # the recipes' cadence before time-based last.ckpt, for comparison
-            args += ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-                     "--trainer.callbacks.dirpath", f"{root}/every", "--trainer.callbacks.save_last", "true",
-                     "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.every_n_train_steps", str(every_steps)]
+                "--trainer.max_steps", str(warmup + steps), *recipe_args]
         cli = build_cli(resolve_config_args(args), run=False)
         fresh = copy.deepcopy(cli.model)  # the recipe's model before any training
         cli.datamodule.setup("fit")
@@ -117,8 +137,7 @@ def measure(domain: str, warmup: int, steps: int, every_steps: int | None = None
         clip = cli.trainer.gradient_clip_val
 
         def bare() -> float:
-            model = copy.deepcopy(fresh)
-            return bare_rate(model, loader, _optimizer(model), _loss(domain), clip, warmup, steps)
+            return bare_rate(copy.deepcopy(fresh), loader, _loss(domain), clip, warmup, steps)
 
         rates = [bare()]
         clock = _StepClock(warmup)
@@ -131,37 +150,34 @@ def measure(domain: str, warmup: int, steps: int, every_steps: int | None = None
         rates.append(bare())
     bare_mean = statistics.mean(rates)
     return {"bare": bare_mean, "bare_spread": abs(rates[0] - rates[1]) / bare_mean, "recipe": recipe,
-            "ratio": recipe / bare_mean, "checkpoint_files": checkpoints}
+            "ratio": recipe / bare_mean, "extra_ms": 1000 * (1 / recipe - 1 / bare_mean),
+            "checkpoint_files": checkpoints}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domains", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--steps", type=int, default=None, help="measured steps (default per domain)")
+    parser.add_argument("--steps", type=int, default=None, help=f"measured steps (default {DEFAULT_STEPS})")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--every-steps", type=int, default=None,
-                        help="also measure each recipe with last.ckpt every N steps (the old cadence was 50)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--recipe-args", nargs=argparse.REMAINDER, default=[],
+                        help="further CLI arguments for every recipe (and so for its bare loop's model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    default_steps = {"separation": 60, "segmentation": 60, "forecasting": 400}
     rows = []
     for domain in args.domains:
-        steps = args.steps or default_steps[domain]
-        result = measure(domain, args.warmup, steps)
+        result = measure(domain, args.warmup, args.steps or DEFAULT_STEPS[domain], args.recipe_args)
         rows.append((domain, result))
         print(domain, result, flush=True)
-        if args.every_steps:
-            result = measure(domain, args.warmup, steps, args.every_steps)
-            rows.append((f"{domain}, last.ckpt every {args.every_steps} steps", result))
-            print(rows[-1], flush=True)
-    print(f"\n{args.threads} threads; steps per CPU-second after {args.warmup} warm-up steps")
-    print("| domain | bare loop steps/CPU-s | recipe steps/CPU-s | recipe / bare | bare before/after spread | "
-          ".ckpt files |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"\n{args.threads} thread(s); steps per CPU-second after {args.warmup} warm-up steps"
+          + (f"; recipe arguments {' '.join(args.recipe_args)}" if args.recipe_args else ""))
+    print("| domain (recipe) | steps | bare loop steps/CPU-s | recipe steps/CPU-s | recipe / bare | "
+          "extra ms/step | bare before/after spread | .ckpt files |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for domain, r in rows:
-        print(f"| {domain} | {r['bare']:.3f} | {r['recipe']:.3f} | {r['ratio']:.3f} | "
-              f"{100 * r['bare_spread']:.1f}% | {r['checkpoint_files']} |")
+        print(f"| {domain} (`{RECIPES[domain]}`) | {args.steps or DEFAULT_STEPS[domain]} | {r['bare']:.3f} | "
+              f"{r['recipe']:.3f} | {r['ratio']:.3f} | {r['extra_ms']:.1f} | {100 * r['bare_spread']:.1f}% | "
+              f"{r['checkpoint_files']} |")
 
 
 if __name__ == "__main__":
