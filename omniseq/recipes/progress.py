@@ -73,7 +73,7 @@ class ProgressLines(ProgressBar):
         self.every_seconds = every_seconds
         self.stream = stream
         self._enabled = True
-        self._start = self._last = 0.0
+        self._start = self._last = self._cpu_start = 0.0
         self._start_step = self._last_step = 0
         self._epoch_train_s = self._epoch_mark = 0.0
         self._epoch_first_step = 0
@@ -94,6 +94,7 @@ class ProgressLines(ProgressBar):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = time.perf_counter()
+        self._cpu_start = time.process_time()
         self._start_step = self._last_step = trainer.global_step
         self._loss_sum, self._loss_steps = None, 0
         self._write(trainer, f"progress: training from step {trainer.global_step}, a line every "
@@ -127,13 +128,28 @@ class ProgressLines(ProgressBar):
                   if key.startswith("train/") and not (key == TRAIN_LOSS and self._loss_steps)]
         parts.append(f"{rate:.2f} steps/s")
         parts.append(f"elapsed {_clock(now - self._start)}")
-        overall = (steps - self._start_step) / max(now - self._start, 1e-9)
-        if math.isfinite(total) and overall > 0:
-            parts.append(f"ETA {_clock(max(total - steps, 0) / overall)}")
+        eta = self._eta(trainer, steps, total, now)
+        if eta is not None:
+            parts.append(f"ETA {_clock(eta[0])}{eta[1]}")
         for budget in _find(trainer, CPUTimeBudget):
             left = max(budget.seconds - budget.used_seconds(), 0.0) / 60
             parts.append(f"budget left {left:.1f} of {budget.seconds / 60:g} CPU-min")
         return " | ".join(parts)
+
+    def _eta(self, trainer: L.Trainer, steps: int, total: float, now: float) -> tuple[float, str] | None:
+        """Wall seconds left and what ends the fit first: the step limit, or a CPU budget
+        at the CPU-seconds per wall-second this fit has used so far."""
+        elapsed = max(now - self._start, 1e-9)
+        overall = (steps - self._start_step) / elapsed
+        candidates = []
+        if math.isfinite(total) and overall > 0:
+            candidates.append((max(total - steps, 0) / overall, ""))
+        cpu_per_wall = (time.process_time() - self._cpu_start) / elapsed
+        for budget in _find(trainer, CPUTimeBudget):
+            if cpu_per_wall > 0:
+                left = max(budget.seconds - budget.used_seconds(), 0.0)
+                candidates.append((left / cpu_per_wall, " (CPU budget)"))
+        return min(candidates, default=None, key=lambda c: c[0])
 
     # Each epoch's line gives the time spent in the training loop alone (validation excluded).
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

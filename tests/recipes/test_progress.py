@@ -68,6 +68,16 @@ def test_progress_lines_carry_epoch_step_loss_rate_and_eta():
     assert text.rstrip().endswith("finished: max_epochs=2 reached")
 
 
+def test_eta_follows_the_cpu_budget_when_it_ends_the_fit_first():
+    # 8 steps an epoch for a million epochs: days by the step count, about a second by the budget.
+    _, text = _fit([CPUTimeBudget(minutes=0.02)], max_epochs=1_000_000)
+    line = next(line for line in text.splitlines() if " | ETA " in line)
+    eta = line.split(" | ETA ")[1].split(" |")[0]
+    assert eta.endswith("(CPU budget)"), line
+    hours, minutes, seconds = (int(x) for x in eta.split()[0].split(":"))
+    assert hours == 0 and minutes == 0, line  # 1.2 CPU-s left at most, not the step count's days
+
+
 @pytest.mark.parametrize("options, callbacks, reason", [
     ({"max_steps": 3}, [], "stopped: max_steps=3 reached"),
     ({"max_epochs": 50}, [EarlyStopping("val/loss", patience=2)], "stopped: early stopping at epoch 2."),
