@@ -10,15 +10,15 @@ where ``(*)`` is a 3x3 convolution over space. Discretisation is zero-order
 hold: ``Abar = exp(Lambda dt)`` and ``Bbar = (Abar - 1) / Lambda * B``, which
 only rescales the output channels of the B kernel, so ``Bbar (*) u`` is still
 one convolution. Because the state update is elementwise in space, the whole
-sequence is one diagonal linear recurrence over time (:func:`omniseq.kernels.plane_scan`);
-``step`` runs the same recurrence one frame at a time (autoregressive generation) and
-equals the parallel form.
+sequence is one diagonal linear recurrence over time; ``step`` runs the same
+recurrence one frame at a time (autoregressive generation) and equals the parallel form.
 
-The frames stay channels-last from the encoder to the head. With the B kernel's
-output channels interleaved (real, imaginary, real, ...), the convolution's output
-viewed ``(B, T, H, W, P)`` complex is the scan's input, and the scanned states viewed
-as real are the C convolution's channels-last input: no complex copy, ``cat`` or
-layout reorder per layer, and the decays stay ``(P,)``.
+The frames stay channels-last and time-major (frame ``t*B + b``) from the encoder to
+the head. With the B kernel's output channels interleaved (real, imaginary, real, ...),
+the convolution's output viewed complex is the state sequence, scanned in place one
+contiguous time step at a time, and then the C convolution's input: B convolution, scan
+and readout are one op (:func:`omniseq.kernels.conv_scan`) that keeps one state sequence
+per layer for backward and none in the last block, which reads out only the last frame.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omniseq.kernels.plane_scan import plane_scan
+from omniseq.kernels.conv_scan import conv_scan
 
 __all__ = ["ConvS5", "ConvS5Block", "ConvS5Layer", "FrameForecaster", "check_frames"]
 
@@ -108,29 +108,25 @@ class ConvS5Layer(nn.Module):
         and the last state ``(B, P, H, W)`` (complex)."""
         check_frames("ConvS5Layer", u, self.dim)
         batch, length = u.shape[:2]
+        y, last = self.forward_frames(u.transpose(0, 1).flatten(0, 1), length, state, last_only)
+        return y.unflatten(0, (-1, batch)).transpose(0, 1), last
+
+    def forward_frames(
+        self, frames: torch.Tensor, length: int, state: torch.Tensor | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on time-major frames ``(T*B, U, H, W)`` (frame ``t*B + b``), the
+        layout :class:`ConvS5` keeps: every time step is then one contiguous slice."""
         Abar, kernel = self.discretize()
         p = self.state_dim
-        # Output channels interleaved (Re B_0, Im B_0, Re B_1, ...): in channels-last memory the
-        # convolution's output *is* the complex input of the scan, viewed without a copy.
-        kernel = kernel.unflatten(0, (2, p)).transpose(0, 1).flatten(0, 1).to(u.dtype)
-        frames = u.flatten(0, 1)
-        z = F.conv2d(frames.contiguous(memory_format=torch.channels_last), kernel, padding=self.padding)
-        b = torch.view_as_complex(z.permute(0, 2, 3, 1).contiguous().unflatten(-1, (p, 2))).unflatten(0, (batch, length))
-        h0 = None if state is None else state.permute(0, 2, 3, 1).to(b.dtype)
-        states = plane_scan(Abar.to(b.dtype), b, h0)  # (B, T, H, W, P) complex
-        if last_only:
-            y = self._readout_interleaved(states[:, -1], u[:, -1]).unsqueeze(1)
-        else:
-            y = self._readout_interleaved(states.flatten(0, 1), frames).unflatten(0, (batch, length))
-        return y, states[:, -1].permute(0, 3, 1, 2)
-
-    def _readout_interleaved(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``Re(C (*) x) + D u`` for complex states ``(N, H, W, P)``, read as interleaved real channels."""
-        # Re(C x) = Re C * Re x - Im C * Im x: input channels (Re x_0, Im x_0, Re x_1, ...).
-        kernel = torch.stack([self.C[0], -self.C[1]], dim=2).flatten(1, 2).to(u.dtype)
-        planes = torch.view_as_real(x).flatten(-2).permute(0, 3, 1, 2)  # channels-last (N, 2P, H, W)
-        y = F.conv2d(planes, kernel, padding=self.padding)
-        return torch.addcmul(y, self.D.to(u.dtype)[:, None, None], u)
+        # State channels interleaved (Re 0, Im 0, Re 1, ...): in channels-last memory the
+        # convolution's output is the complex state, viewed without a copy.
+        b_kernel = kernel.unflatten(0, (2, p)).transpose(0, 1).flatten(0, 1)
+        # Re(C x) = Re C * Re x - Im C * Im x over the same interleaved channels.
+        c_kernel = torch.stack([self.C[0], -self.C[1]], dim=2).flatten(1, 2)
+        h0 = None if state is None else state.permute(0, 2, 3, 1)
+        y, last = conv_scan(frames, b_kernel, Abar, c_kernel, length, h0, last_only)
+        skip = frames[-(frames.shape[0] // length):] if last_only else frames
+        return torch.addcmul(y, self.D.to(y.dtype)[:, None, None], skip), last.permute(0, 3, 1, 2)
 
     def init_state(self, batch_size: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.zeros(batch_size, self.state_dim, height, width,
@@ -159,15 +155,23 @@ class ConvS5Block(nn.Module):
         return self.drop(self.mix(F.gelu(y)))
 
     def forward(
-        self, u: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False
+        self, u: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False, length: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, T, U, H, W)`` -> the same (only the last frame ``(B, 1, U, H, W)`` when
-        ``last_only``) and the last state."""
+        ``last_only``) and the last state. Given ``length``, ``u`` is time-major frames
+        ``(T*B, U, H, W)`` instead (as :class:`ConvS5` calls it), and so is the output."""
+        if length is not None:
+            return self._forward_frames(u, length, state, last_only)
         batch, length = u.shape[:2]
-        y, last = self.ssm(self.norm(u.flatten(0, 1)).unflatten(0, (batch, length)), state, last_only)
-        if last_only:
-            return u[:, -1:] + self._branch_out(y[:, 0]).unsqueeze(1), last
-        return u + self._branch_out(y.flatten(0, 1)).unflatten(0, (batch, length)), last
+        y, last = self._forward_frames(u.transpose(0, 1).flatten(0, 1), length, state, last_only)
+        return y.unflatten(0, (-1, batch)).transpose(0, 1), last
+
+    def _forward_frames(
+        self, u: torch.Tensor, length: int, state: torch.Tensor | None, last_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y, last = self.ssm.forward_frames(self.norm(u), length, state, last_only)
+        skip = u[-(u.shape[0] // length):] if last_only else u
+        return skip + self._branch_out(y), last
 
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, state = self.ssm.step(self.norm(u_t), state)
@@ -250,11 +254,14 @@ class ConvS5(FrameForecaster):
         ``last_only`` the last block reads out only the last frame, ``(B, 1, dim, H, W)``."""
         check_frames("ConvS5", x, self.in_channels)
         batch, length = x.shape[:2]
-        frames = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        h = self.encoder(frames).unflatten(0, (batch, length))
+        # Time-major channels-last frames through every block: each scan step is contiguous.
+        # (With one input variable NCHW and channels-last strides coincide and the encoder's output
+        # would come out NCHW, costing a reorder in every block: ask for channels-last once.)
+        frames = x.transpose(0, 1).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        h = self.encoder(frames).contiguous(memory_format=torch.channels_last)
         for k, block in enumerate(self.blocks):
-            h, _ = block(h, last_only=last_only and k == len(self.blocks) - 1)
-        return h
+            h, _ = block(h, last_only=last_only and k == len(self.blocks) - 1, length=length)
+        return h.unflatten(0, (-1, batch)).transpose(0, 1)
 
     def init_state(self, x_t: torch.Tensor) -> list[torch.Tensor]:
         """Zero states for frames shaped like ``x_t (B, C_in, H, W)``."""
