@@ -13,9 +13,9 @@ and at the last lead time. Each model trains for ``--epochs`` (or until
 
 Training-step cost on a custom grid (synthetic data, no dataset needed): 33 x 49 cells,
 one variable, 24 h in / 24 h out, batch 8, the wfde5_convs5_24 model (dim 32, P 64,
-depth 3). The layer as it was before the plane scan (complex tensors, generic
-linear_scan, every frame read out) runs first, the current one second, each in its own
-process so that peak memory is its own:
+depth 3). The model as first written (batch-major frames, complex tensors, the generic
+linear_scan, every frame of every block read out) runs first, the current one second,
+each in its own process so that peak memory is its own:
 
     python benchmarks/spatiotemporal.py --grid-step --steps 3 --threads 2
 """
@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from omniseq.backbones.convlstm import ConvLSTM
-from omniseq.backbones.convs5 import ConvS5, ConvS5Layer
+from omniseq.backbones.convs5 import ConvS5, ConvS5Block, ConvS5Layer
 from omniseq.data.gridded import GriddedDataModule
 from omniseq.recipes.spatiotemporal import SpatiotemporalTask, masked_values
 
@@ -88,10 +88,13 @@ def train_and_test(name: str, dm: GriddedDataModule, args, root: Path) -> dict[s
 GRID = dict(batch=8, length=24, pred_len=24, height=33, width=49, dim=32, state_dim=64, depth=3)
 
 
-def _legacy_layer_forward(self, u, state=None, last_only=False):
-    """ConvS5Layer.forward before the plane scan: complex states, a broadcast to full size."""
+def _legacy_layer_forward(self, u, state=None):
+    """ConvS5Layer.forward as first written: complex tensors, the generic linear_scan with the
+    decay broadcast to the full state, every frame read out."""
+    from omniseq.backbones.convs5 import check_frames
     from omniseq.kernels import linear_scan
 
+    check_frames("ConvS5Layer", u, self.dim)
     batch, length = u.shape[:2]
     Abar, kernel = self.discretize()
     b = self._input(u.flatten(0, 1), kernel).unflatten(0, (batch, length))
@@ -100,7 +103,16 @@ def _legacy_layer_forward(self, u, state=None, last_only=False):
     return self._readout(states.flatten(0, 1), u.flatten(0, 1)).unflatten(0, (batch, length)), states[:, -1]
 
 
+def _legacy_block_forward(self, u, state=None):
+    batch, length = u.shape[:2]
+    y, last = self.ssm(self.norm(u.flatten(0, 1)).unflatten(0, (batch, length)), state)
+    return u + self._branch_out(y.flatten(0, 1)).unflatten(0, (batch, length)), last
+
+
 def _legacy_forward(self, x):
+    from omniseq.backbones.convs5 import check_frames
+
+    check_frames("ConvS5", x, self.in_channels)
     batch, length = x.shape[:2]
     h = self.encoder(x.flatten(0, 1)).unflatten(0, (batch, length))
     for block in self.blocks:
@@ -114,6 +126,7 @@ def grid_step_child(variant: str, steps: int, threads: int, batch: int) -> None:
     torch.manual_seed(0)
     if variant == "before":
         ConvS5Layer.forward = _legacy_layer_forward
+        ConvS5Block.forward = _legacy_block_forward
         ConvS5.forward = _legacy_forward
     g = {**GRID, "batch": batch}
     model = ConvS5(1, 1, g["pred_len"], dim=g["dim"], state_dim=g["state_dim"], depth=g["depth"], dropout=0.1)

@@ -55,10 +55,13 @@ class ConvS5Layer(nn.Module):
         state_dim: P, complex state channels per cell.
         kernel_size: spatial size of the B and C convolutions (3 in the paper).
         dt_min, dt_max: range of the log-uniform initial timescales.
+        recompute_states: in training, keep a few states for backward and recompute the rest
+            there (one more B convolution per frame): much less memory for some more time.
     """
 
     def __init__(
-        self, dim: int, state_dim: int = 32, kernel_size: int = 3, dt_min: float = 1e-3, dt_max: float = 1e-1
+        self, dim: int, state_dim: int = 32, kernel_size: int = 3, dt_min: float = 1e-3, dt_max: float = 1e-1,
+        recompute_states: bool = False,
     ) -> None:
         super().__init__()
         if dim <= 0 or state_dim <= 0 or kernel_size % 2 == 0:
@@ -67,6 +70,7 @@ class ConvS5Layer(nn.Module):
                 f"{dim}, {state_dim}, {kernel_size}"
             )
         self.dim, self.state_dim, self.padding = dim, state_dim, kernel_size // 2
+        self.recompute_states = recompute_states
         # S4D-Lin eigenvalues -1/2 + i pi n, Re kept negative through -exp(.).
         self.Lambda_re_log = nn.Parameter(torch.full((state_dim,), math.log(0.5)))
         self.Lambda_im = nn.Parameter(math.pi * torch.arange(state_dim, dtype=torch.float32))
@@ -124,7 +128,8 @@ class ConvS5Layer(nn.Module):
         # Re(C x) = Re C * Re x - Im C * Im x over the same interleaved channels.
         c_kernel = torch.stack([self.C[0], -self.C[1]], dim=2).flatten(1, 2)
         h0 = None if state is None else state.permute(0, 2, 3, 1)
-        y, last = conv_scan(frames, b_kernel, Abar, c_kernel, length, h0, last_only)
+        y, last = conv_scan(frames, b_kernel, Abar, c_kernel, length, h0, last_only,
+                            recompute=self.recompute_states and self.training)
         skip = frames[-(frames.shape[0] // length):] if last_only else frames
         return torch.addcmul(y, self.D.to(y.dtype)[:, None, None], skip), last.permute(0, 3, 1, 2)
 
@@ -144,10 +149,12 @@ class ConvS5Layer(nn.Module):
 class ConvS5Block(nn.Module):
     """Pre-norm residual block: ``u + Dropout(Conv1x1(GELU(ConvS5(GroupNorm(u)))))``."""
 
-    def __init__(self, dim: int, state_dim: int = 32, kernel_size: int = 3, dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, state_dim: int = 32, kernel_size: int = 3, dropout: float = 0.0, recompute_states: bool = False
+    ) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(1, dim)  # LayerNorm over (C, H, W) of each frame
-        self.ssm = ConvS5Layer(dim, state_dim, kernel_size)
+        self.ssm = ConvS5Layer(dim, state_dim, kernel_size, recompute_states=recompute_states)
         self.mix = nn.Conv2d(dim, dim, 1)
         self.drop = nn.Dropout(dropout)
 
@@ -232,6 +239,8 @@ class ConvS5(FrameForecaster):
         kernel_size: spatial kernel of B and C.
         dropout: in each block's output branch.
         residual: forecast the change from the last input frame.
+        recompute_states: recompute each layer's states in backward instead of keeping them
+            (see :class:`ConvS5Layer`): much less memory for some more time.
     """
 
     def __init__(
@@ -245,9 +254,11 @@ class ConvS5(FrameForecaster):
         kernel_size: int = 3,
         dropout: float = 0.0,
         residual: bool = True,
+        recompute_states: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels, pred_len, dim, depth, residual)
-        self.blocks = nn.ModuleList(ConvS5Block(dim, state_dim, kernel_size, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            ConvS5Block(dim, state_dim, kernel_size, dropout, recompute_states) for _ in range(depth))
 
     def forward_features(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """Hidden frames ``(B, T, dim, H, W)`` after the blocks (parallel over time); with

@@ -68,97 +68,171 @@ def _conv_backward(grad: torch.Tensor, inputs: torch.Tensor, kernel: torch.Tenso
     return grad_in, grad_kernel
 
 
+def _scan_(states: torch.Tensor, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
+           tangent: torch.Tensor | None = None) -> None:
+    """In place: ``states[i] += a * states[i-1]`` (``carry`` before the first); with ``tangent``
+    also ``dh/da`` along the way (``tangent = a * tangent + h_{t-1}`` from global step 1 on)."""
+    for i in range(states.shape[0]):
+        prev = carry if i == 0 else states[i - 1]
+        if prev is None:
+            continue
+        if tangent is not None and first_step + i >= 1:
+            tangent.mul_(a).add_(prev)
+        states[i].addcmul_(a, prev)
+
+
+def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk, length)) for start in range(0, length, chunk)]
+
+
 class _ConvScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only):  # type: ignore[override]
-        z = F.conv2d(u, b_kernel, padding=padding).contiguous(memory_format=torch.channels_last)
-        states = _complex_planes(z, length)
-        tangent = None  # dh_t/da, only for last_only (where the state sequence is not kept)
+    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only, chunk, recompute):  # type: ignore[override]
+        batch = u.shape[0] // length
+        keep = not (last_only or recompute)  # the whole state sequence is kept for backward
+        tangent = None  # dh_{L-1}/da, for last_only (where no state sequence is kept)
         if last_only and ctx.needs_input_grad[2]:
-            tangent = torch.zeros_like(states[0]) if h0 is None else h0.clone()
-        if h0 is not None:
-            states[0].addcmul_(a, h0)
-        for t in range(1, length):
-            if tangent is not None:
-                tangent.mul_(a).add_(states[t - 1])
-            states[t].addcmul_(a, states[t - 1])  # in place: z becomes the states
-        batch = states.shape[1]
-        read = z[-batch:] if last_only else z
-        y = F.conv2d(read, c_kernel, padding=padding)
-        last = states[-1].clone()
+            tangent = _zero_state(u, a, batch) if h0 is None else h0.clone()
+        carry, boundaries, ys, z = h0, [], [], None
+        for start, stop in _chunks(length, length if keep else chunk):
+            if recompute and not last_only:
+                boundaries.append(_zero_state(u, a, batch) if carry is None else carry.clone())
+            z = F.conv2d(u[start * batch:stop * batch], b_kernel, padding=padding).contiguous(
+                memory_format=torch.channels_last)
+            states = _complex_planes(z, stop - start)
+            _scan_(states, a, carry, start, tangent)  # z becomes the states
+            carry = states[-1]
+            if not last_only:
+                ys.append(F.conv2d(z, c_kernel, padding=padding))
+        last = carry.clone()
         if last_only:
-            read = read.clone()  # keep one frame, free the sequence
+            read = z[-batch:].clone()  # the last frame's states; the sequence is freed
+            ys.append(F.conv2d(read, c_kernel, padding=padding))
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, read, tangent)
-        else:
+        elif keep:
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, z, None)
-        ctx.length, ctx.padding, ctx.last_only = length, padding, last_only
+        else:
+            ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, None, torch.stack(boundaries))
+        y = ys[0] if len(ys) == 1 else torch.cat(ys).contiguous(memory_format=torch.channels_last)
+        ctx.length, ctx.padding, ctx.last_only, ctx.chunk = length, padding, last_only, chunk
         ctx.set_materialize_grads(False)
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
-        u, b_kernel, a, c_kernel, h0, read, tangent = ctx.saved_tensors
-        length, padding, needs = ctx.length, ctx.padding, ctx.needs_input_grad
-        grad_a = grad_c = grad_h0 = None
-        grad_read = None
-        if grad_y is not None:
-            grad_read, grad_c = _conv_backward(grad_y, read, c_kernel, padding, [True, needs[3]])
+        if grad_y is None and grad_last is None:
+            return (None,) * 10
+        u, b_kernel, a, c_kernel, h0, read, extra = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs)
         if ctx.last_only:
-            grad_z, grad_a = _last_only_state_grads(a, grad_read, grad_last, tangent, length, u, needs[2])
+            g = grads.readout(grad_y, read, 1)
+            g = grad_last if g is None else (g[0] if grad_last is None else g[0] + grad_last)
+            first = _last_only_backward(grads, g, extra, ctx.length, ctx.chunk)
         else:
-            grad_z, grad_a = _state_grads(a, grad_read, grad_last, read, length, needs[2])
-        states_grad = _complex_planes(grad_z, length)
-        if h0 is not None and needs[4]:
-            grad_h0 = states_grad[0] * a.conj()
-        if grad_a is not None and h0 is not None and not ctx.last_only:  # last_only: in the tangent
-            grad_a += _conj_dot(_rows(h0), _rows(states_grad[0]))
-        grad_u, grad_b = _conv_backward(grad_z, u, b_kernel, padding, [needs[0], needs[1]])
-        return grad_u, grad_b, grad_a, grad_c, grad_h0, None, None, None
+            first = _sequence_backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
+        grad_h0 = first * a.conj() if h0 is not None and needs[4] else None
+        return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None
 
 
-def _state_grads(a, grad_read, grad_last, states_real, length, needs_a):
-    """dL/dz for every frame (the reverse scan, in place in dL/dh) and the part of dL/da
-    from ``h_{t-1}``, t >= 1 (the h0 term is added by the caller)."""
-    if grad_read is None:
-        grad_read = torch.zeros_like(states_real)
-    grad = _complex_planes(grad_read, length)
-    if grad_last is not None:
-        grad[-1] += grad_last
+def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
+    return a.new_zeros(batch, *u.shape[2:], a.shape[0])
+
+
+class _Grads:
+    """Gradients of conv_scan's inputs, accumulated chunk by chunk (latest chunk first)."""
+
+    def __init__(self, u, b_kernel, a, c_kernel, padding, needs):
+        self.inputs, self.b_kernel, self.a_value, self.c_kernel, self.padding = u, b_kernel, a, c_kernel, padding
+        self.needs = needs
+        self.u = torch.empty_like(u, memory_format=torch.channels_last) if needs[0] else None
+        self.b = self.c = None
+        self.a = torch.zeros_like(a) if needs[2] else None
+
+    def readout(self, grad_y, states_real, steps):
+        """dL/dh (complex view) from the readout of ``steps`` frames of states, or None."""
+        if grad_y is None:
+            return None
+        grad, grad_c = _conv_backward(grad_y, states_real, self.c_kernel, self.padding, [True, self.needs[3]])
+        if grad_c is not None:
+            self.c = grad_c if self.c is None else self.c + grad_c
+        return _complex_planes(grad, steps)
+
+    def conv_input(self, grad_states, rows):
+        """Back through ``z = B (*) u`` for the frames ``rows`` (a slice)."""
+        grad_real = torch.view_as_real(grad_states).flatten(-2).flatten(0, 1).permute(0, 3, 1, 2)
+        grad_u, grad_b = _conv_backward(grad_real, self.inputs[rows], self.b_kernel, self.padding,
+                                        [self.needs[0], self.needs[1]])
+        if grad_u is not None:
+            self.u[rows] = grad_u
+        if grad_b is not None:
+            self.b = grad_b if self.b is None else self.b + grad_b
+
+
+def _sequence_backward(grads, grad_y, grad_last, states_real, boundaries, h0, length, chunk):
+    """Reverse scan chunk by chunk (latest first), in place in each chunk's dL/dh; the
+    states come from the kept sequence or are recomputed from the chunk's first carry.
+    Returns dL/dh_0."""
+    a, batch = grads.a_value, grads.inputs.shape[0] // length
+    a_conj, carry_grad = a.conj(), None
+    spans = _chunks(length, chunk)
+    for k in range(len(spans) - 1, -1, -1):
+        start, stop = spans[k]
+        rows = slice(start * batch, stop * batch)
+        if states_real is not None:
+            z = states_real[rows]
+            prev = h0 if start == 0 else _complex_planes(states_real[(start - 1) * batch:start * batch], 1)[0]
+        else:
+            prev = boundaries[k]
+            z = F.conv2d(grads.inputs[rows], grads.b_kernel, padding=grads.padding).contiguous(
+                memory_format=torch.channels_last)
+            _scan_(_complex_planes(z, stop - start), a, prev, start)
+        grad = grads.readout(None if grad_y is None else grad_y[rows], z, stop - start)
+        if grad is None:
+            grad = torch.zeros_like(_complex_planes(z, stop - start))
+        if grad_last is not None and stop == length:
+            grad[-1] += grad_last
+        if carry_grad is not None:
+            grad[-1].addcmul_(a_conj, carry_grad)
+        for t in range(grad.shape[0] - 1, 0, -1):  # dL/dh_{t-1} += conj(a) dL/dh_t
+            grad[t - 1].addcmul_(a_conj, grad[t])
+        if grads.a is not None:  # dL/da = sum_t conj(h_{t-1}) dL/dh_t
+            states = _complex_planes(z, stop - start)
+            if stop - start > 1:
+                grads.a += _conj_dot(_rows(states[:-1]), _rows(grad[1:]))
+            if prev is not None:
+                grads.a += _conj_dot(_rows(prev), _rows(grad[0]))
+        carry_grad = grad[0].clone()
+        grads.conv_input(grad, rows)
+    return carry_grad
+
+
+def _last_only_backward(grads, g, tangent, length, chunk):
+    """Only h_{L-1} was read: dL/dh_t = conj(a)^(L-1-t) g, dL/da = conj(dh_{L-1}/da) g.
+    Returns dL/dh_0."""
+    a, batch = grads.a_value, grads.inputs.shape[0] // length
     a_conj = a.conj()
-    for t in range(length - 1, 0, -1):  # dL/dh_{t-1} += conj(a) dL/dh_t
-        grad[t - 1].addcmul_(a_conj, grad[t])
-    grad_a = None
-    if needs_a:  # dL/da = sum over t >= 1 of conj(h_{t-1}) dL/dh_t
-        states, grads = _rows(states_real), _rows(grad_read)
-        step_rows = states.shape[0] // length
-        grad_a = _conj_dot(states[: states.shape[0] - step_rows], grads[step_rows:])
-    return grad_read, grad_a
-
-
-def _last_only_state_grads(a, grad_read, grad_last, tangent, length, u, needs_a):
-    """With only the last state read: dL/dz_t = conj(a)^(L-1-t) dL/dh_{L-1}; dL/da = conj(dh/da) dL/dh."""
-    p = a.shape[0]
-    grad_z = torch.empty((u.shape[0], 2 * p, *u.shape[2:]), dtype=u.dtype, device=u.device,
-                         memory_format=torch.channels_last)
-    grad = _complex_planes(grad_z, length)
-    if grad_read is not None:
-        grad[-1].copy_(_complex_planes(grad_read, 1)[0])
-    else:
-        grad[-1].zero_()
-    if grad_last is not None:
-        grad[-1] += grad_last
-    grad_a = None
-    if needs_a:
-        grad_a = _conj_dot(_rows(tangent), _rows(grad[-1]))
-    a_conj = a.conj()
-    for t in range(length - 1, 0, -1):
-        torch.mul(grad[t], a_conj, out=grad[t - 1])
-    return grad_z, grad_a
+    if grads.a is not None:
+        grads.a += _conj_dot(_rows(tangent), _rows(g))
+    carry_grad = None
+    for start, stop in reversed(_chunks(length, chunk)):
+        grad = torch.empty((stop - start, *g.shape), dtype=g.dtype, device=g.device)
+        if carry_grad is None:
+            grad[-1] = g
+        else:
+            torch.mul(carry_grad, a_conj, out=grad[-1])
+        for t in range(grad.shape[0] - 1, 0, -1):
+            torch.mul(grad[t], a_conj, out=grad[t - 1])
+        carry_grad = grad[0].clone()
+        grads.conv_input(grad, slice(start * batch, stop * batch))
+    return carry_grad
 
 
 def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor,
-           h0: torch.Tensor | None, length: int) -> None:
+           h0: torch.Tensor | None, length: int, chunk: int | None) -> None:
+    if chunk is not None and chunk <= 0:
+        raise ValueError(f"conv_scan: chunk must be a positive number of time steps, got {chunk}")
     p = a.shape[0] if a.dim() == 1 else -1
     if a.dim() != 1 or not a.is_complex():
         raise ValueError(f"conv_scan: a must be complex (P,), got {tuple(a.shape)} {a.dtype}")
@@ -176,7 +250,7 @@ def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: t
 
 def conv_scan(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
-    h0: torch.Tensor | None = None, last_only: bool = False,
+    h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Readouts ``C (*) h_t`` of ``h_t = a * h_{t-1} + B (*) u_t`` and the last state.
 
@@ -188,28 +262,33 @@ def conv_scan(
         length: L.
         h0: complex state before the first frame, ``(B, H, W, P)``; zeros when None.
         last_only: read out only the last frame.
+        chunk: time steps per chunk of the backward pass (and of the forward pass where no
+            state sequence is kept): a smaller chunk holds smaller temporaries; default L/4.
+        recompute: keep only each chunk's first state for backward and recompute the chunk's
+            states there (one more B convolution per frame): far less memory, more time.
 
     Returns:
         ``y`` channels-last ``(L*B, U_out, H, W)`` (``(B, U_out, H, W)`` with ``last_only``) in
         ``u``'s dtype (half precision is computed in fp32), and the last state ``(B, H, W, P)``.
     """
-    _check(u, b_kernel, a, c_kernel, h0, length)
+    _check(u, b_kernel, a, c_kernel, h0, length, chunk)
     work = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     cplx = torch.complex128 if work == torch.float64 else torch.complex64
     with torch.autocast(u.device.type, enabled=False):
         y, last = _ConvScanFn.apply(
             u.to(work).contiguous(memory_format=torch.channels_last), b_kernel.to(work), a.to(cplx),
             c_kernel.to(work), None if h0 is None else h0.to(cplx).contiguous(), length,
-            b_kernel.shape[-1] // 2, last_only)
+            b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute)
     return y.to(u.dtype), last
 
 
 def conv_scan_reference(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
-    h0: torch.Tensor | None = None, last_only: bool = False,
+    h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame-by-frame loop with complex states and complex kernels; the test oracle."""
-    _check(u, b_kernel, a, c_kernel, h0, length)
+    """Frame-by-frame loop with complex states and complex kernels; the test oracle
+    (``chunk`` and ``recompute`` change how :func:`conv_scan` computes, not what)."""
+    _check(u, b_kernel, a, c_kernel, h0, length, chunk)
     pad = b_kernel.shape[-1] // 2
     b_complex = torch.complex(b_kernel[0::2], b_kernel[1::2])  # (P, U, k, k)
     frames = u.unflatten(0, (length, -1))

@@ -130,3 +130,31 @@ def test_forward_reads_out_only_the_last_frame_yet_equals_the_full_features():
     assert last.shape == (2, 1, 8, 5, 7)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(model(x), model.decode(full[:, -1], x[:, -1]), rtol=1e-12, atol=1e-12)
+
+
+def test_last_only_forward_has_the_gradients_of_the_full_features():
+    """model(x) skips the last block's unread frames and keeps no state sequence for them;
+    its parameter gradients equal those through every frame's features."""
+    torch.manual_seed(0)
+    model = ConvS5(2, 1, 3, dim=8, state_dim=20, depth=2).double()
+    x = torch.randn(2, 5, 2, 4, 6, dtype=torch.float64)
+    target = torch.randn(2, 3, 1, 4, 6, dtype=torch.float64)
+    fast = torch.autograd.grad(F.mse_loss(model(x), target), list(model.parameters()))
+    full = model.decode(model.forward_features(x)[:, -1], x[:, -1])
+    slow = torch.autograd.grad(F.mse_loss(full, target), list(model.parameters()))
+    for got, want in zip(fast, slow, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_recompute_states_changes_memory_not_results():
+    torch.manual_seed(0)
+    kept = ConvS5(2, 1, 3, dim=8, state_dim=6, depth=2).double()
+    recomputed = ConvS5(2, 1, 3, dim=8, state_dim=6, depth=2, recompute_states=True).double()
+    recomputed.load_state_dict(kept.state_dict())
+    x = torch.randn(2, 7, 2, 4, 5, dtype=torch.float64)
+    grads = []
+    for model in (kept, recomputed):
+        out = model(x)
+        grads.append((out, *torch.autograd.grad(out.square().sum(), list(model.parameters()))))
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -23,12 +23,13 @@ def _inputs(dtype=torch.float64, length=5, batch=2, u_dim=3, p=4, out_dim=2, siz
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("last_only", [False, True])
-@pytest.mark.parametrize("length", [1, 2, 6])
-def test_values_and_gradients_match_the_loop(dtype, tol, with_h0, last_only, length):
+@pytest.mark.parametrize("length", [1, 2, 7])
+@pytest.mark.parametrize("chunk, recompute", [(None, False), (1, False), (3, False), (1, True), (3, True)])
+def test_values_and_gradients_match_the_loop(dtype, tol, with_h0, last_only, length, chunk, recompute):
     inputs = _inputs(dtype, length=length, h0=with_h0, seed=length)
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
     refs = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
-    y, last = conv_scan(*leaves[:4], length, leaves[4], last_only=last_only)
+    y, last = conv_scan(*leaves[:4], length, leaves[4], last_only=last_only, chunk=chunk, recompute=recompute)
     y_ref, last_ref = conv_scan_reference(*refs[:4], length, refs[4], last_only=last_only)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
@@ -45,13 +46,14 @@ def test_values_and_gradients_match_the_loop(dtype, tol, with_h0, last_only, len
 
 
 @pytest.mark.parametrize("last_only", [False, True])
-def test_gradients_from_one_output_only(last_only):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gradients_from_one_output_only(last_only, recompute):
     """Only y, or only the last state, reaches the loss (the other gradient is None)."""
     for pick in (0, 1):
         inputs = _inputs(length=4, seed=3)
         leaves = [t.detach().clone().requires_grad_() for t in inputs]
         refs = [t.detach().clone().requires_grad_() for t in inputs]
-        out = conv_scan(*leaves[:4], 4, leaves[4], last_only=last_only)[pick]
+        out = conv_scan(*leaves[:4], 4, leaves[4], last_only=last_only, chunk=3, recompute=recompute)[pick]
         ref = conv_scan_reference(*refs[:4], 4, refs[4], last_only=last_only)[pick]
         (out.abs().square().sum()).backward()
         (ref.abs().square().sum()).backward()
@@ -61,9 +63,10 @@ def test_gradients_from_one_output_only(last_only):
 
 def test_gradcheck():
     u, b_kernel, a, c_kernel, h0 = _inputs(length=3, batch=1, u_dim=2, p=2, out_dim=1, size=(2, 3))
-    for last_only in (False, True):
+    for last_only, recompute in ((False, False), (True, False), (False, True)):
         assert torch.autograd.gradcheck(
-            lambda *t, last_only=last_only: conv_scan(*t[:4], 3, t[4], last_only=last_only),
+            lambda *t, last_only=last_only, recompute=recompute: conv_scan(
+                *t[:4], 3, t[4], last_only=last_only, chunk=2, recompute=recompute),
             tuple(t.detach().clone().requires_grad_() for t in (u, b_kernel, a, c_kernel, h0)))
 
 
@@ -90,3 +93,5 @@ def test_bad_shapes_raise_clear_errors():
         conv_scan(u, b_kernel, a, c_kernel[:, :-1], 3)
     with pytest.raises(ValueError, match=r"h0 must be \(B, H, W, P\)"):
         conv_scan(u, b_kernel, a, c_kernel, 3, h0[..., :-1])
+    with pytest.raises(ValueError, match="chunk must be a positive number of time steps, got 0"):
+        conv_scan(u, b_kernel, a, c_kernel, 3, chunk=0)
