@@ -37,6 +37,7 @@ def evaluate(ckpt: str, sources: np.ndarray, window: int, good_db: float) -> dic
         "checkpoint": ckpt, "windows": len(report.gaps), "cpu_s": round(cpu_s, 1),
         "stitched_si_snri": report.stitched_si_snri.mean(), "alone_si_snri": report.alone_si_snri.mean(),
         "worst_gap_db": report.gaps.min(), "mean_gap_db": report.gaps.mean(),
+        "windows_gap<-0.5dB": int((report.gaps < -0.5).sum()),
         "swap_rate": report.swap_rate(), f"windows_alone>={good_db:g}dB": int(good.sum()),
         f"swap_rate_alone>={good_db:g}dB": report.swap_rate(good_db),
         "peak_ratio": report.peak_ratio, "clipped": report.clipped,
@@ -54,6 +55,8 @@ def main() -> None:
     parser.add_argument("--good-db", type=float, default=5.0,
                         help="the swap rate is also given over windows the model alone separates this well")
     args = parser.parse_args()
+    import omniseq.data.separation  # noqa: F401  (registers the "fsdd" dataset name)
+
     rate = 8000
     bank = UtteranceBank(args.speech, rate)
     sources = conversation(bank, tuple(args.speakers), args.seconds, args.seed)
