@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omniseq.kernels.conv_scan import conv_scan
+from omniseq.kernels.gelu_mix import gelu_mix_dropout
 
 __all__ = ["ConvS5", "ConvS5Block", "ConvS5Layer", "FrameForecaster", "check_frames"]
 
@@ -159,7 +160,8 @@ class ConvS5Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def _branch_out(self, y: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.mix(F.gelu(y)))
+        # self.drop(self.mix(F.gelu(y))), keeping y and a 1-byte mask for backward instead of three full tensors
+        return gelu_mix_dropout(y, self.mix.weight, self.mix.bias, self.drop.p, self.training)
 
     def forward(
         self, u: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False, length: int | None = None

@@ -1,0 +1,45 @@
+"""gelu_mix_dropout against the composed modules: values, dropout masks, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omniseq.kernels.gelu_mix import gelu_mix_dropout, gelu_mix_dropout_reference
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("p, training", [(0.0, True), (0.3, True), (0.3, False)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_values_masks_and_gradients_match_the_modules(dtype, tol, p, training, channels_last):
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(6, 5, 4, 7, generator=gen, dtype=dtype)
+    if channels_last:
+        v = v.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(3, 5, 1, 1, generator=gen, dtype=dtype)
+    bias = torch.randn(3, generator=gen, dtype=dtype)
+    leaves = [t.clone().requires_grad_() for t in (v, weight, bias)]
+    refs = [t.clone().requires_grad_() for t in (v, weight, bias)]
+    torch.manual_seed(7)
+    out = gelu_mix_dropout(*leaves, p, training)
+    torch.manual_seed(7)  # the same random stream draws the same mask
+    expected = gelu_mix_dropout_reference(*refs, p, training)
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+    assert torch.equal(out == 0, expected == 0)
+    weight_out = torch.randn(out.shape, generator=gen, dtype=dtype)
+    (out * weight_out).sum().backward()
+    (expected * weight_out).sum().backward()
+    for got, want in zip(leaves, refs, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=tol * 10, atol=tol * 10)
+
+
+def test_gradcheck_and_bad_arguments():
+    gen = torch.Generator().manual_seed(1)
+    args = [torch.randn(2, 3, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, 3, 1, 1, generator=gen, dtype=torch.float64, requires_grad=True),
+            torch.randn(2, generator=gen, dtype=torch.float64, requires_grad=True)]
+    assert torch.autograd.gradcheck(lambda *t: gelu_mix_dropout(*t, 0.0, True), tuple(args))
+    with pytest.raises(ValueError, match=r"weight must be a 1x1 kernel"):
+        gelu_mix_dropout(args[0], torch.randn(2, 3, 3, 3), None, 0.1, True)
+    with pytest.raises(ValueError, match=r"dropout p must be in \[0, 1\), got 1.0"):
+        gelu_mix_dropout(args[0], args[1], args[2], 1.0, True)
