@@ -12,8 +12,9 @@ then trained two ways on the same data, same model configuration, same optimizer
   written at the end of fit is inside the measured time), RNG checkpointing, CPU budget.
 
 Validation is switched off in both (it is work, not overhead). Steps per CPU-second is
-counted after ``--warmup`` steps; the bare loop runs before and after the recipe and
-its two rates are averaged, so a drift in machine load shows as their spread.
+counted after ``--warmup`` steps. The bare loop runs first and after each of ``--repeats``
+recipe runs; each recipe run is compared with the mean of the bare runs either side of it
+and the median ratio is reported with its range, so a drift in machine load shows.
 ``extra ms/step`` is the recipe's fixed cost per step: ``1000 * (1/recipe - 1/bare)``; the
 CPU time of ``trainer.save_checkpoint`` inside the measured steps is shown per step beside it.
 
@@ -136,12 +137,30 @@ def bare_rate(task: L.LightningModule, loader: torch.utils.data.DataLoader, loss
     return steps / (time.process_time() - start)
 
 
-def measure(domain: str, warmup: int, steps: int, recipe_args: list[str]) -> dict[str, float]:
+def _build(domain: str, root: str, warmup: int, steps: int, recipe_args: list[str]):
+    args = ["--config", RECIPES[domain], "--trainer.default_root_dir", root, "--trainer.limit_val_batches", "0",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.max_epochs", "-1", "--trainer.max_time", "null",
+            "--trainer.max_steps", str(warmup + steps), *recipe_args]
+    return build_cli(resolve_config_args(args), run=False)
+
+
+def recipe_rate(cli, warmup: int) -> tuple[float, float, int]:
+    """Steps per CPU-second of ``trainer.fit``, checkpoint-write CPU ms per step, .ckpt files written."""
+    clock = _StepClock(warmup)
+    # Without validation there is nothing for early stopping to monitor (it would raise).
+    cli.trainer.callbacks[:] = [cb for cb in cli.trainer.callbacks if not isinstance(cb, EarlyStopping)]
+    cli.trainer.callbacks.append(clock)
+    clock.time_checkpoints(cli.trainer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    files = len(list(Path(cli.trainer.default_root_dir).rglob("*.ckpt")))
+    return clock.steps / clock.seconds, 1000 * clock.checkpoint_seconds / clock.steps, files
+
+
+def measure(domain: str, warmup: int, steps: int, recipe_args: list[str], repeats: int) -> dict[str, float]:
+    """Bare loop, then ``repeats`` times (recipe, bare loop); each recipe run against the mean of the
+    bare runs either side of it, the median of those ratios reported."""
     with tempfile.TemporaryDirectory() as root:
-        args = ["--config", RECIPES[domain], "--trainer.default_root_dir", root, "--trainer.limit_val_batches", "0",
-                "--trainer.num_sanity_val_steps", "0", "--trainer.max_epochs", "-1", "--trainer.max_time", "null",
-                "--trainer.max_steps", str(warmup + steps), *recipe_args]
-        cli = build_cli(resolve_config_args(args), run=False)
+        cli = _build(domain, f"{root}/0", warmup, steps, recipe_args)
         fresh = copy.deepcopy(cli.model)  # the recipe's model before any training
         cli.datamodule.setup("fit")
         recipe_loader = cli.datamodule.train_dataloader()
@@ -149,24 +168,20 @@ def measure(domain: str, warmup: int, steps: int, recipe_args: list[str]) -> dic
                                              collate_fn=recipe_loader.collate_fn, num_workers=recipe_loader.num_workers,
                                              drop_last=recipe_loader.drop_last)
         clip = cli.trainer.gradient_clip_val
-
-        def bare() -> float:
-            return bare_rate(copy.deepcopy(fresh), loader, _loss(domain), clip, warmup, steps)
-
-        rates = [bare()]
-        clock = _StepClock(warmup)
-        # Without validation there is nothing for early stopping to monitor (it would raise).
-        cli.trainer.callbacks[:] = [cb for cb in cli.trainer.callbacks if not isinstance(cb, EarlyStopping)]
-        cli.trainer.callbacks.append(clock)
-        clock.time_checkpoints(cli.trainer)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        recipe = clock.steps / clock.seconds
-        checkpoints = len(list(Path(root).rglob("*.ckpt")))
-        rates.append(bare())
-    bare_mean = statistics.mean(rates)
-    return {"bare": bare_mean, "bare_spread": abs(rates[0] - rates[1]) / bare_mean, "recipe": recipe,
-            "ratio": recipe / bare_mean, "extra_ms": 1000 * (1 / recipe - 1 / bare_mean),
-            "checkpoint_ms": 1000 * clock.checkpoint_seconds / clock.steps, "checkpoint_files": checkpoints}
+        bares, recipes, checkpoint_ms = [bare_rate(copy.deepcopy(fresh), loader, _loss(domain), clip, warmup, steps)], [], []
+        for repeat in range(repeats):
+            if repeat:
+                cli = _build(domain, f"{root}/{repeat}", warmup, steps, recipe_args)
+            rate, ms, files = recipe_rate(cli, warmup)
+            recipes.append(rate)
+            checkpoint_ms.append(ms)
+            bares.append(bare_rate(copy.deepcopy(fresh), loader, _loss(domain), clip, warmup, steps))
+    ratios = [r / statistics.mean(bares[i:i + 2]) for i, r in enumerate(recipes)]
+    bare, recipe = statistics.mean(bares), statistics.median(recipes)
+    return {"bare": bare, "bare_spread": (max(bares) - min(bares)) / bare, "recipe": recipe,
+            "ratio": statistics.median(ratios), "ratio_range": (min(ratios), max(ratios)),
+            "extra_ms": 1000 * (1 / recipe - 1 / bare), "checkpoint_ms": statistics.median(checkpoint_ms),
+            "checkpoint_files": files}
 
 
 def main() -> None:
@@ -175,23 +190,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"measured steps (default {DEFAULT_STEPS})")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="recipe runs per domain, each between two bare runs")
     parser.add_argument("--recipe-args", nargs=argparse.REMAINDER, default=[],
                         help="further CLI arguments for every recipe (and so for its bare loop's model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for domain in args.domains:
-        result = measure(domain, args.warmup, args.steps or DEFAULT_STEPS[domain], args.recipe_args)
+        result = measure(domain, args.warmup, args.steps or DEFAULT_STEPS[domain], args.recipe_args, args.repeats)
         rows.append((domain, result))
         print(domain, result, flush=True)
-    print(f"\n{args.threads} thread(s); steps per CPU-second after {args.warmup} warm-up steps"
+    print(f"\n{args.threads} thread(s); steps per CPU-second after {args.warmup} warm-up steps; "
+          f"{args.repeats} recipe run(s) between {args.repeats + 1} bare runs"
           + (f"; recipe arguments {' '.join(args.recipe_args)}" if args.recipe_args else ""))
     print("| domain (recipe) | steps | bare loop steps/CPU-s | recipe steps/CPU-s | recipe / bare | "
-          "extra ms/step | of which checkpoint writes | bare before/after spread | .ckpt files |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "(min-max) | extra ms/step | of which checkpoint writes | bare runs' spread | .ckpt files |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for domain, r in rows:
         print(f"| {domain} (`{RECIPES[domain]}`) | {args.steps or DEFAULT_STEPS[domain]} | {r['bare']:.3f} | "
-              f"{r['recipe']:.3f} | {r['ratio']:.3f} | {r['extra_ms']:.1f} | {r['checkpoint_ms']:.1f} | "
+              f"{r['recipe']:.3f} | {r['ratio']:.3f} | {r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f} | "
+              f"{r['extra_ms']:.1f} | {r['checkpoint_ms']:.1f} | "
               f"{100 * r['bare_spread']:.1f}% | {r['checkpoint_files']} |")
 
 
