@@ -3,8 +3,9 @@
 For each domain the packaged recipe is built by the CLI (``build_cli(run=False)``) and
 then trained two ways on the same data, same model configuration, same optimizer:
 
-* bare: a plain PyTorch loop over a fresh copy of the recipe's model: ``DataLoader(shuffle=True)``
-  over the recipe's training set (same batch size, collate, workers), the task's own loss,
+* bare: a plain PyTorch loop over a fresh copy of the recipe's model: a ``DataLoader`` over the
+  recipe's training set in the order of the recipe's first epoch, as a plain list (the same
+  batches; same batch size, collate, workers), the task's own loss,
   ``backward``, the recipe's gradient clipping, ``optimizer.step`` and the recipe's
   learning-rate schedule;
 * recipe: ``trainer.fit`` with everything the recipe has: Lightning's loop, the resumable
@@ -164,7 +165,10 @@ def measure(domain: str, warmup: int, steps: int, recipe_args: list[str], repeat
         fresh = copy.deepcopy(cli.model)  # the recipe's model before any training
         cli.datamodule.setup("fit")
         recipe_loader = cli.datamodule.train_dataloader()
-        loader = torch.utils.data.DataLoader(recipe_loader.dataset, batch_size=recipe_loader.batch_size, shuffle=True,
+        # The recipe's own first-epoch order as a plain list: the same batches (separation
+        # mixtures differ in length, so other batches would cost other times).
+        order = list(recipe_loader.sampler)
+        loader = torch.utils.data.DataLoader(recipe_loader.dataset, batch_size=recipe_loader.batch_size, sampler=order,
                                              collate_fn=recipe_loader.collate_fn, num_workers=recipe_loader.num_workers,
                                              drop_last=recipe_loader.drop_last)
         clip = cli.trainer.gradient_clip_val
