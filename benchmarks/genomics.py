@@ -77,13 +77,20 @@ MODELS = {
                                   mlp_ratio=4.0, norm="layernorm", pos_embed="learned", max_length=512),
     "cnn": lambda: DNACNN(dim=64, depth=3, kernel_size=9),
 }
+
+
+def _caduceus_ps_kmer(size: int, kernel: int | None = None) -> DNAModel:
+    return DNAModel(dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1}, rc_mode="ps",
+                    channel_mixer="none", norm="rmsnorm", patch_size=size, patch_kernel=kernel)
+
+
 # Candidates that --models can name, outside the default table: Caduceus-PS's CPU size
-# on k-mer tokens (patch_size s: ceil(L / s) tokens through the blocks).
+# on k-mer tokens (patch_size s: ceil(L / s) tokens through the blocks), "w": stem
+# windows of that many bases (overlapping neighbours).
 CANDIDATES = {
-    f"caduceus_ps_k{size}": (lambda size=size: DNAModel(
-        dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1}, rc_mode="ps",
-        channel_mixer="none", norm="rmsnorm", patch_size=size))
-    for size in (2, 3, 4, 5, 6)
+    **{f"caduceus_ps_k{size}": (lambda size=size: _caduceus_ps_kmer(size)) for size in (2, 3, 4, 5, 6)},
+    "caduceus_ps_k4w8": lambda: _caduceus_ps_kmer(4, 8),
+    "caduceus_ps_k6w12": lambda: _caduceus_ps_kmer(6, 12),
 }
 
 

@@ -20,7 +20,8 @@ and a language-model head, with three ways of treating the two DNA strands
 
 ``patch_size=s > 1`` shortens the sequence before the blocks: a k-mer stem embeds
 each run of ``s`` bases as one token (a stride-``s`` convolution over one-hot bases,
-kernel = stride = ``s``), the blocks run on ``ceil(L / s)`` tokens, and per-base
+kernel ``patch_kernel``, by default ``s``; a larger one overlaps neighbouring patches),
+the blocks run on ``ceil(L / s)`` tokens, and per-base
 outputs (``forward``, ``forward_features``) come from each patch token through a
 per-offset channel scaling and bias (a depthwise transposed convolution, kernel =
 stride = ``s``). DNABERT-2's BPE tokens shorten GUE sequences ~4-5x in the same spirit
@@ -101,10 +102,14 @@ def sinusoidal_positions(length: int, dim: int, device=None, dtype=None) -> torc
     return table.to(dtype or torch.float32)
 
 
-def _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement, patch_size) -> torch.Tensor:
+def _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement, patch_size,
+                   patch_kernel) -> torch.Tensor:
     """Validate DNAModel options; returns the complement permutation as a tensor."""
     if not isinstance(patch_size, int) or patch_size < 1:
         raise ValueError(f"patch_size must be a positive int (bases per token), got {patch_size!r}")
+    if patch_kernel is not None and (not isinstance(patch_kernel, int) or patch_kernel < patch_size or patch_size == 1):
+        raise ValueError(f"patch_kernel must be an int >= patch_size > 1 (bases each token reads), got "
+                         f"patch_kernel={patch_kernel!r} with patch_size={patch_size}")
     if causal and patch_size > 1:
         raise ValueError("a causal LM steps one base at a time: use patch_size=1 with causal=True")
     if rc_mode not in ("none", "ps", "ph"):
@@ -125,24 +130,35 @@ def _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, comp
 
 
 class PatchEmbed(nn.Module):
-    """One token per ``patch_size`` bases: the sum of one embedding table per offset in the patch.
+    """One token per ``patch_size`` bases from a window of ``kernel_size`` bases around them:
+    the sum of one embedding table per offset in the window.
 
-    That is a stride-``s`` convolution (kernel = stride = ``s``) over one-hot tokens,
-    without building the one-hot. Input ``(B, L)`` with ``L`` a multiple of ``s``.
+    That is a stride-``s`` convolution (kernel ``k >= s``) over one-hot tokens, without
+    building the one-hot. ``k > s`` overlaps the windows by ``(k - s) // 2`` bases on the
+    left and the rest on the right (``pad_id`` beyond the ends), so a motif across a patch
+    boundary is still seen whole by one token. Input ``(B, L)``, ``L`` a multiple of ``s``.
     """
 
-    def __init__(self, vocab_size: int, width: int, patch_size: int) -> None:
+    def __init__(self, vocab_size: int, width: int, patch_size: int, kernel_size: int | None = None,
+                 pad_id: int = 0) -> None:
         super().__init__()
-        self.vocab_size, self.patch_size = vocab_size, patch_size
-        self.table = nn.Embedding(vocab_size * patch_size, width)
-        # The sum of s tables: each at std/sqrt(s), so a patch starts at a base embedding's scale.
-        nn.init.normal_(self.table.weight, std=EMBED_INIT_STD / math.sqrt(patch_size))
-        self.register_buffer("offsets", torch.arange(patch_size) * vocab_size, persistent=False)
+        kernel_size = patch_size if kernel_size is None else kernel_size
+        self.vocab_size, self.patch_size, self.kernel_size, self.pad_id = vocab_size, patch_size, kernel_size, pad_id
+        self.table = nn.Embedding(vocab_size * kernel_size, width)
+        # The sum of k tables: each at std/sqrt(k), so a token starts at a base embedding's scale.
+        nn.init.normal_(self.table.weight, std=EMBED_INIT_STD / math.sqrt(kernel_size))
+        self.register_buffer("offsets", torch.arange(kernel_size) * vocab_size, persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, length = ids.shape
-        patches = ids.view(batch, length // self.patch_size, self.patch_size) + self.offsets
-        return F.embedding_bag(patches.flatten(0, 1), self.table.weight, mode="sum").view(batch, -1, self.table.embedding_dim)
+        size, kernel = self.patch_size, self.kernel_size
+        if kernel == size:
+            windows = ids.view(batch, length // size, size)
+        else:
+            left = (kernel - size) // 2
+            windows = F.pad(ids, (left, kernel - size - left), value=self.pad_id).unfold(1, kernel, size)
+        flat = (windows + self.offsets).flatten(0, 1)
+        return F.embedding_bag(flat, self.table.weight, mode="sum").view(batch, -1, self.table.embedding_dim)
 
 
 class PatchUnembed(nn.Module):
@@ -188,6 +204,7 @@ class DNAModel(nn.Module):
         tie_embeddings: share the LM head weight with the token embedding (``patch_size=1`` only:
             a patch stem has one table per offset, so its head is untied).
         patch_size: bases per token (k-mer stem, see the module docstring); 1 = one token per base.
+        patch_kernel: bases each stem token reads (default ``patch_size``; larger overlaps neighbours).
     """
 
     def __init__(
@@ -211,9 +228,11 @@ class DNAModel(nn.Module):
         num_heads: int | None = None,
         tie_embeddings: bool = True,
         patch_size: int = 1,
+        patch_kernel: int | None = None,
     ) -> None:
         super().__init__()
-        complement = _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement, patch_size)
+        complement = _check_options(vocab_size, dim, rc_mode, causal, pos_embed, max_length, complement, patch_size,
+                                    patch_kernel)
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config["complement"] = complement.tolist()
         self.vocab_size, self.dim, self.depth = vocab_size, dim, depth
@@ -227,7 +246,7 @@ class DNAModel(nn.Module):
             # Small init (as GPT-2 / Mamba): with a tied head, N(0, 1) embeddings give huge initial logits.
             nn.init.normal_(self.embed.weight, std=EMBED_INIT_STD)
         else:
-            self.embed = PatchEmbed(vocab_size, self.width, patch_size)
+            self.embed = PatchEmbed(vocab_size, self.width, patch_size, patch_kernel, pad_id)
             self.unpatch = PatchUnembed(self.width, patch_size)
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, max_tokens, self.width))

@@ -46,6 +46,23 @@ def test_patch_embed_is_a_strided_conv_over_one_hot_bases(dtype, tol):
                                rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("kernel", [5, 8])
+def test_overlapping_patch_embed_is_a_strided_conv_over_padded_one_hot_bases(kernel):
+    torch.manual_seed(0)
+    vocab, width, size = 10, 6, 3
+    stem = PatchEmbed(vocab, width, size, kernel_size=kernel, pad_id=0).double()
+    torch.nn.init.normal_(stem.table.weight)
+    ids = torch.randint(1, vocab, (2, 12))
+    left = (kernel - size) // 2
+    # Oracle: the ids padded with pad_id ((k - s) // 2 left, the rest right), one-hot, Conv1d stride s.
+    padded = torch.cat([torch.zeros(2, left, dtype=torch.long), ids,
+                        torch.zeros(2, kernel - size - left, dtype=torch.long)], 1)
+    weight = stem.table.weight.detach().view(kernel, vocab, width).permute(2, 1, 0)
+    expected = F.conv1d(F.one_hot(padded, vocab).double().transpose(1, 2), weight, stride=size).transpose(1, 2)
+    assert expected.shape == (2, 4, width)
+    torch.testing.assert_close(stem(ids), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_patch_unembed_is_a_depthwise_transposed_conv(dtype, tol):
     torch.manual_seed(0)
@@ -70,11 +87,13 @@ def test_patch_unembed_is_a_depthwise_transposed_conv(dtype, tol):
 
 @pytest.mark.parametrize("patch_size", [2, 3, 4])
 @pytest.mark.parametrize("length", [1, 7, 12, 13])
-def test_patched_ps_is_exactly_rc_equivariant(patch_size, length):
+@pytest.mark.parametrize("overlap", [0, 3])
+def test_patched_ps_is_exactly_rc_equivariant(patch_size, length, overlap):
     """Per-base features and logits equivariant, pooled invariant, whether or not the
-    stride divides the length (each strand is patched from its own 5' end)."""
+    stride divides the length (each strand is patched from its own 5' end), with or
+    without overlapping stem windows."""
     torch.manual_seed(length)
-    model = random_ps_model(patch_size)
+    model = random_ps_model(patch_size, patch_kernel=patch_size + overlap)
     ids = torch.randint(5, 10, (3, length))
     h, h_rc = model.forward_features(ids), model.forward_features(rc_ids(ids))
     assert h.shape == (3, length, 16)
@@ -136,5 +155,7 @@ def test_patched_plain_and_ph_models():
 def test_patch_size_options_are_checked():
     with pytest.raises(ValueError, match="patch_size must be a positive int"):
         DNAModel(dim=8, patch_size=0)
+    with pytest.raises(ValueError, match="patch_kernel must be an int >= patch_size > 1"):
+        DNAModel(dim=8, patch_size=4, patch_kernel=3)
     with pytest.raises(ValueError, match="causal LM steps one base at a time"):
         DNAModel(dim=8, causal=True, patch_size=2)
