@@ -66,6 +66,11 @@ CHAR_COMPLEMENT = (0, 1, 2, 3, 4, 8, 7, 6, 5, 9)
 # scaled to it too, else unit-size codes swamp the tokens ~35:1 and every sequence
 # starts with nearly the same pooled features (an attention model then cannot learn).
 EMBED_INIT_STD = 0.02
+# Initial scale of each per-offset table of a k-mer stem. At 0.02 / sqrt(s) (a token at a
+# base embedding's scale) AdamW's first steps at lr 1e-3 swamped the differences between
+# bases and Caduceus-PS's pooled features collapsed to a constant within 25 steps (GUE
+# tf2 / tf4 stayed at chance); at 0.05 the same runs learn.
+PATCH_EMBED_INIT_STD = 0.05
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -145,8 +150,7 @@ class PatchEmbed(nn.Module):
         kernel_size = patch_size if kernel_size is None else kernel_size
         self.vocab_size, self.patch_size, self.kernel_size, self.pad_id = vocab_size, patch_size, kernel_size, pad_id
         self.table = nn.Embedding(vocab_size * kernel_size, width)
-        # The sum of k tables: each at std/sqrt(k), so a token starts at a base embedding's scale.
-        nn.init.normal_(self.table.weight, std=EMBED_INIT_STD / math.sqrt(kernel_size))
+        nn.init.normal_(self.table.weight, std=PATCH_EMBED_INIT_STD)
         self.register_buffer("offsets", torch.arange(kernel_size) * vocab_size, persistent=False)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
