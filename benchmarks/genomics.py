@@ -64,12 +64,19 @@ PUBLISHED: dict[str, float] = {
     "tf0": 0.7199, "tf1": 0.7606, "tf2": 0.6652, "tf3": 0.5854, "tf4": 0.7743,
 }
 
+def caduceus_ps_cpu(patch_size: int = 1, patch_kernel: int | None = None) -> DNAModel:
+    """Caduceus-PS at the recipes' CPU size: wide, shallow, expand 1 and N 8, so the
+    parameters sit in matmuls rather than in the scan, on k-mer tokens of ``patch_size``
+    bases (``ceil(L / s)`` tokens through the blocks; ``patch_kernel``: stem windows
+    of that many bases, overlapping neighbours)."""
+    return DNAModel(dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1}, rc_mode="ps",
+                    channel_mixer="none", norm="rmsnorm", patch_size=patch_size, patch_kernel=patch_kernel)
+
+
 MODELS = {
-    # The CPU size of genomics/gue_caduceus_ps (0.53M parameters): wide, shallow, expand 1
-    # and N 8, so the parameters sit in matmuls rather than in the scan
-    # (benchmarks/genomics_speed.py times it against the CNNs).
-    "caduceus_ps": lambda: DNAModel(dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1},
-                                    rc_mode="ps", channel_mixer="none", norm="rmsnorm"),
+    # genomics/gue_caduceus_ps (0.55M parameters) on 6-base tokens: the step costs 2.6-2.8x
+    # the CNN's (benchmarks/genomics_speed.py), one base per token 15-18x.
+    "caduceus_ps": lambda: caduceus_ps_cpu(patch_size=6),
     # Learned positions (BERT/DNABERT): with fixed sinusoidal ones this model could not even
     # memorise one batch of tf0 in 150 steps (loss 0.47; learned: 0.001). 512 covers GUE
     # (70-300 bp) and the pretraining windows.
@@ -77,20 +84,13 @@ MODELS = {
                                   mlp_ratio=4.0, norm="layernorm", pos_embed="learned", max_length=512),
     "cnn": lambda: DNACNN(dim=64, depth=3, kernel_size=9),
 }
-
-
-def _caduceus_ps_kmer(size: int, kernel: int | None = None) -> DNAModel:
-    return DNAModel(dim=448, depth=3, mixer="mamba", mixer_options={"d_state": 8, "expand": 1}, rc_mode="ps",
-                    channel_mixer="none", norm="rmsnorm", patch_size=size, patch_kernel=kernel)
-
-
-# Candidates that --models can name, outside the default table: Caduceus-PS's CPU size
-# on k-mer tokens (patch_size s: ceil(L / s) tokens through the blocks), "w": stem
-# windows of that many bases (overlapping neighbours).
+# Candidates that --models can name, outside the default table: the CPU size on one
+# base per token (k1, the table's Caduceus-PS until the k-mer stem) and on s-base
+# tokens (ks; "w": stem windows of that many bases).
 CANDIDATES = {
-    **{f"caduceus_ps_k{size}": (lambda size=size: _caduceus_ps_kmer(size)) for size in (2, 3, 4, 5, 6)},
-    "caduceus_ps_k4w8": lambda: _caduceus_ps_kmer(4, 8),
-    "caduceus_ps_k6w12": lambda: _caduceus_ps_kmer(6, 12),
+    **{f"caduceus_ps_k{size}": (lambda size=size: caduceus_ps_cpu(size)) for size in (1, 2, 3, 4, 5, 6)},
+    "caduceus_ps_k4w8": lambda: caduceus_ps_cpu(4, 8),
+    "caduceus_ps_k6w12": lambda: caduceus_ps_cpu(6, 12),
 }
 
 

@@ -39,10 +39,11 @@ MODELS = {
     "cnn (param-matched)": lambda: DNACNN(dim=128, depth=4, kernel_size=9),
     # The GUE recipe's size before issue 18 (dim 256, depth 4, N 16, expand 2).
     "caduceus_ps (old recipe size)": lambda: caduceus_ps(256, 4, 16, 2),
-    # The CPU size of the recipes: wider, expand 1 and N 8 put the parameters in the
-    # projections, where a matmul spends them efficiently, not in the scan.
+    # The CPU size of the recipes on one base per token: wider, expand 1 and N 8 put the
+    # parameters in the projections, where a matmul spends them efficiently, not in the scan.
     "caduceus_ps (CPU size, 1 base/token)": lambda: caduceus_ps(448, 3, 8, 1),
-    # The same blocks on k-mer tokens (patch_size s: a stride-s stem, ceil(L / s) tokens).
+    # The same blocks on k-mer tokens (patch_size s: a stride-s stem, ceil(L / s) tokens);
+    # s = 6 is the recipes' CPU size now (genomics/gue_caduceus_ps).
     **{f"caduceus_ps (k-mer stem s={size})": (lambda size=size: caduceus_ps(448, 3, 8, 1, patch_size=size))
        for size in (2, 3, 4, 5, 6)},
     # Stem windows overlapping the neighbouring patches (patch_kernel = 2 s).
