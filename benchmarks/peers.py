@@ -12,7 +12,8 @@ TSLib's script computes it), wall time of the whole process, test MSE, and the r
 
 TSMixer: TSLib's TSMixer is not the paper's. It has no normalisation layers and no RevIN,
 and its time mixing is a two-layer MLP (96 -> d_model -> 96). ``tsmixer96`` runs omniseq's
-TSMixer in that layout (``norm: none``, ``use_norm: false``, ``mixer_options: {hidden: 512}``),
+TSMixer in that layout (``norm: none``, ``use_norm: false``, ``mixer_options: {hidden: 512}``,
+``hidden_dropout: 0``: dropout on the branch outputs only),
 so both sides train the same model; ``tsmixer96_paper`` runs the packaged recipe (the
 paper's norms and RevIN, one-layer time mixing) against the same TSLib run.
 """
@@ -44,7 +45,8 @@ OMNISEQ = {
                   "--model.init_args.backbone.init_args.dropout", "0.1",
                   "--model.init_args.backbone.init_args.norm", "none",
                   "--model.init_args.backbone.init_args.use_norm", "false",
-                  "--model.init_args.backbone.init_args.mixer_options", "{hidden: 512}"],
+                  "--model.init_args.backbone.init_args.mixer_options", "{hidden: 512}",
+                  "--model.init_args.backbone.init_args.hidden_dropout", "0.0"],
     "tsmixer96_paper": ["forecasting/etth1_tsmixer_96", "--model.init_args.backbone.init_args.ff_dim", "512",
                         "--model.init_args.backbone.init_args.dropout", "0.1"],
 }

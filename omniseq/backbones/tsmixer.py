@@ -61,6 +61,7 @@ class TSMixerBlock(nn.Module):
         mixer: str = "mlp",
         mixer_options: dict | None = None,
         norm: TSMixerNorm = "layernorm",
+        hidden_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.time_norm = _make_norm(norm, seq_len, num_channels)
@@ -72,7 +73,7 @@ class TSMixerBlock(nn.Module):
         self.feature_mlp = nn.Sequential(
             nn.Linear(num_channels, ff_dim),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            nn.Dropout(dropout if hidden_dropout is None else hidden_dropout),
             nn.Linear(ff_dim, num_channels),
             nn.Dropout(dropout),
         )
@@ -97,8 +98,10 @@ class TSMixer(nn.Module):
         mixer_options: extra options for the mixer.
         norm: ``layernorm`` (over time and channels per sample), ``batchnorm``
             (per time-channel entry over the batch) or ``none``. TSLib's TSMixer is
-            ``norm="none", use_norm=False, mixer_options={"hidden": d_model}``.
+            ``norm="none", use_norm=False, mixer_options={"hidden": d_model}, hidden_dropout=0``.
         use_norm: wrap the model in affine RevIN.
+        hidden_dropout: dropout on the feature MLP's hidden layer (default: ``dropout``,
+            as the paper's code; TSLib drops only the branch output, ``0.0``).
 
     ``x_mark`` is accepted for interface parity and ignored: TSMixer's basic form
     uses no calendar features.
@@ -116,6 +119,7 @@ class TSMixer(nn.Module):
         mixer_options: dict | None = None,
         norm: TSMixerNorm = "layernorm",
         use_norm: bool = True,
+        hidden_dropout: float | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("seq_len", seq_len), ("pred_len", pred_len),
@@ -125,7 +129,7 @@ class TSMixer(nn.Module):
         self.seq_len, self.pred_len, self.num_channels = seq_len, pred_len, num_channels
         self.normalizer = RevIN(num_channels, affine=True) if use_norm else None
         self.blocks = nn.ModuleList(
-            TSMixerBlock(seq_len, num_channels, ff_dim, dropout, mixer, mixer_options, norm)
+            TSMixerBlock(seq_len, num_channels, ff_dim, dropout, mixer, mixer_options, norm, hidden_dropout)
             for _ in range(n_block)
         )
         self.temporal_projection = nn.Linear(seq_len, pred_len)

@@ -153,11 +153,13 @@ def test_tsmixer_batchnorm_and_errors():
 
 
 def test_tsmixer_in_tslib_layout_equals_tslibs_resblock_formula():
-    """``norm="none", use_norm=False, mixer_options={"hidden": d}`` is TSLib's TSMixer:
-    ``x + Drop(W2 relu(W1 x^T))^T`` then ``x + Drop(V2 relu(V1 x))``, then the projection."""
+    """``norm="none", use_norm=False, mixer_options={"hidden": d}, hidden_dropout=0`` is TSLib's
+    TSMixer: ``x + Drop(W2 relu(W1 x^T))^T`` then ``x + Drop(V2 relu(V1 x))``, then the projection,
+    with dropout on the branch outputs only."""
     torch.manual_seed(0)
     model = TSMixer(seq_len=L, pred_len=H, num_channels=C, ff_dim=12, mixer_options={"hidden": 20},
-                    norm="none", use_norm=False).double().eval()
+                    norm="none", use_norm=False, hidden_dropout=0.0).double().eval()
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0] == [0.1] * 4
     x, _ = _inputs(torch.float64)
     ref = x
     for block in model.blocks:
