@@ -1,4 +1,4 @@
-"""Diagonal recurrence with one time-invariant decay per channel: ConvS5's state update.
+"""Diagonal recurrence with one time-invariant decay per channel, as a standalone op.
 
 ``h_t = a * h_{t-1} + b_t`` with ``a`` of shape ``(P,)`` (real or complex), the same at
 every step and every position, broadcast over the trailing channel dimension of
@@ -7,8 +7,9 @@ full state shape, so ConvS5 had to materialise it (and copy its inputs into comp
 tensors). Here ``a`` stays ``(P,)``, each step is one fused multiply-add written in place
 into a preallocated output, and the backward pass is the same recurrence run backwards
 with ``conj(a)``, with ``dL/da`` reduced step by step by one ``vecdot`` (no temporary
-larger than one step). ConvS5 hands in complex *views* of a real convolution's
-channels-last output (channels interleaved as real, imaginary pairs), so nothing is copied.
+larger than one step). It accepts complex *views* of a real convolution's channels-last
+output (channels interleaved as real, imaginary pairs), so nothing is copied. ConvS5 itself
+now uses :func:`omniseq.kernels.conv_scan`, which fuses this scan with its two convolutions.
 
 :func:`plane_scan_reference` (a plain loop) is the test oracle.
 """
