@@ -44,18 +44,23 @@ def test_ps_is_rc_equivariant_on_random_weights(length, mixer):
     torch.testing.assert_close(model.forward_pooled(rc_ids(ids)), model.forward_pooled(ids), rtol=1e-10, atol=1e-10)
 
 
-def test_ps_equivariance_with_right_padding():
+@pytest.mark.parametrize("patch_size, length, kept", [(1, 12, 7), (3, 13, 8)])
+def test_ps_equivariance_with_right_padding(patch_size, length, kept):
+    """A right-padded record and its reverse complement, one base per token or a k-mer stem
+    (whose last patch is then partial on one strand and whole on the other)."""
     torch.manual_seed(0)
-    model = DNAModel(dim=16, depth=2, mixer_options={"d_state": 4}, rc_mode="ps").double().eval()
-    ids = torch.randint(5, 10, (2, 12))
+    model = DNAModel(dim=16, depth=2, mixer_options={"d_state": 4}, rc_mode="ps", patch_size=patch_size).double().eval()
+    for p in model.parameters():  # random weights, not the init (the stem starts near zero)
+        torch.nn.init.normal_(p, std=0.3)
+    ids = torch.randint(5, 10, (2, length))
     mask = torch.ones_like(ids, dtype=torch.bool)
-    ids[1, 7:], mask[1, 7:] = 0, False
+    ids[1, kept:], mask[1, kept:] = 0, False
     rc = ids.clone()
     rc[0] = COMP[ids[0]].flip(0)
-    rc[1, :7] = COMP[ids[1, :7]].flip(0)
-    torch.testing.assert_close(model.forward_pooled(rc, mask), model.forward_pooled(ids, mask))
+    rc[1, :kept] = COMP[ids[1, :kept]].flip(0)
+    torch.testing.assert_close(model.forward_pooled(rc, mask), model.forward_pooled(ids, mask), rtol=1e-10, atol=1e-10)
     h, h_rc = model.forward_features(ids, mask), model.forward_features(rc, mask)
-    torch.testing.assert_close(h_rc[1, :7], h[1, :7].flip(0).flip(-1))
+    torch.testing.assert_close(h_rc[1, :kept], h[1, :kept].flip(0).flip(-1), rtol=1e-10, atol=1e-10)
 
 
 def test_plain_bidirectional_model_is_not_equivariant():
