@@ -309,6 +309,14 @@ def test_save_refuses_an_unregistered_module(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_convert_refuses_a_payload_that_would_run_code(tmp_path):
+    sentinel, old = tmp_path / "SENTINEL", tmp_path / "old.pt"
+    torch.save({"model": RunsCode(sentinel), KIND_KEY: "Separator"}, old)
+    with pytest.raises(SystemExit, match=r"old\.pt: it references builtins\.eval, which an omniseq file never held"):
+        main(["convert", str(old), str(tmp_path / "new.pt")])
+    assert not sentinel.exists() and not (tmp_path / "new.pt").exists()
+
+
 def test_convert_help_says_to_trust_the_file(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])

@@ -2,14 +2,22 @@
 
 Earlier versions pickled Python objects into saved files (a ``Separator``'s whole
 module, numpy arrays, pandas dates). This version reads files as data only, so such a
-file is refused with a message naming this command. Converting UNPICKLES the old file,
-which runs whatever code it holds: run it only on files you trust. The new file holds
-tensors, numbers and strings; modules become their registered name, settings and weights.
+file is refused with a message naming this command. Converting unpickles the old file
+through an allow-list: omniseq, timm.layers and torch.nn modules, tensors and storages,
+numpy arrays and the pandas date types earlier versions saved. Any other global (a
+function such as ``os.system``, a foreign class) stops the conversion before it is
+called. Even so, unpickling is not as safe as reading data: convert only files you
+trust. The new file holds tensors, numbers and strings; modules become their
+registered name, settings and weights.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
+import importlib
+import pickle
+import types
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,61 @@ __all__ = ["convert_file", "main"]
 
 _PLAIN = (str, bytes, int, float, complex, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
 
+# Globals (module, name) that pickles of earlier versions reference, besides registered
+# omniseq classes, torch.nn modules, torch storages and torch._utils._rebuild_* functions.
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"),
+    ("builtins", "complex"), ("builtins", "object"), ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+    ("torch", "Size"), ("torch", "device"), ("torch.nn.parameter", "Parameter"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("pandas.core.indexes.datetimes", "_new_DatetimeIndex"), ("pandas.core.indexes.datetimes", "DatetimeIndex"),
+    ("pandas.core.indexes.base", "_new_Index"), ("pandas.core.arrays.datetimes", "DatetimeArray"),
+    ("pandas._libs.tslibs.timestamps", "_unpickle_timestamp"), ("pandas._libs.tslibs.timestamps", "Timestamp"),
+    ("pandas", "DatetimeIndex"), ("pandas", "Timestamp"), ("pandas", "Index"),
+    ("pandas._libs.arrays", "__pyx_unpickle_NDArrayBacked"), ("pandas.core.arrays", "DatetimeArray"),
+    ("pandas.arrays", "DatetimeArray"), ("pandas.core.arrays.datetimes", "DatetimeArray"),
+}
+
+
+def _allowed(module: str, name: str, value: Any) -> bool:
+    if (module, name) in _ALLOWED_GLOBALS or isinstance(value, torch.dtype):
+        return True
+    if module.startswith("numpy.dtypes") and isinstance(value, type):
+        return True
+    if module.startswith("pandas._libs.tslibs.offsets") and isinstance(value, type):
+        return True  # frequency offsets (Hour, Day, ...), plain value types
+    if module == "torch._utils" and name.startswith("_rebuild_") and isinstance(value, types.FunctionType):
+        return True
+    if isinstance(value, type):
+        if issubclass(value, torch.storage._StorageBase) or value is torch.storage.TypedStorage:
+            return True
+        # Modules only (their parts too, such as a separator's encoder); which ones may be
+        # converted is decided afterwards by the registry (_as_data).
+        return module.startswith(("torch.nn.", "omniseq.", "timm.layers.")) and issubclass(value, nn.Module)
+    return False
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves only the globals of ``_allowed``; anything else stops the load before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names of protocol <= 2 pickles
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        try:
+            value = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            value = None
+        if not _allowed(module, name, value):
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which an omniseq file never held; "
+                                         "nothing was run")
+        return value
+
+
+_allow_list_pickle = types.SimpleNamespace(Unpickler=_AllowListUnpickler, load=pickle.load, __name__="omniseq_allow_list")
+
 
 def convert_file(old: str | Path, new: str | Path) -> Path:
     """Read ``old`` trusting it (full unpickling), write its data to ``new``; return ``new``."""
@@ -32,8 +95,11 @@ def convert_file(old: str | Path, new: str | Path) -> Path:
         raise FileNotFoundError(f"{old}: no such file")
     if new.exists() and new.resolve() == old.resolve():
         raise ValueError(f"give the converted file another name than {old}: the old one is kept until you check it")
-    # The one place omniseq unpickles: the user vouches for this file by running the command.
-    payload = torch.load(str(old), map_location="cpu", weights_only=False)
+    # The one place omniseq unpickles, and only through the allow-list.
+    try:
+        payload = torch.load(str(old), map_location="cpu", weights_only=False, pickle_module=_allow_list_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{old}: {err}") from None
     converted = to_data(_as_data(payload, "file"))
     if isinstance(converted, dict) and isinstance(converted.get("backbone_class"), str):
         converted["backbone"] = _registered_path_name(converted.pop("backbone_class"))  # DNAEncoder files
@@ -72,7 +138,8 @@ def _as_data(value: Any, where: str) -> Any:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="omniseq convert", description=__doc__.split("\n\n")[1],
-        epilog="Only convert files you trust: reading the old file runs the code it holds.")
+        epilog="Only convert files you trust: reading the old file unpickles it (through an allow-list of "
+               "the types earlier versions saved).")
     parser.add_argument("old", help="file written by an earlier omniseq version")
     parser.add_argument("new", help="where to write the converted file")
     args = parser.parse_args(argv)
