@@ -17,7 +17,9 @@ Protocol (``PROTOCOL``), the same for every model: full train/dev/test sets; one
 epoch of fine-tuning with a floor of ``min_finetune_steps`` steps for the small
 tasks; dev MCC on the full dev set every ``eval_every`` steps and at the end; test
 MCC of the dev-best weights; pretraining a fixed number of steps on E. coli K-12
-windows (last 10% of the chromosome held out).
+windows (last 10% of the chromosome held out). More seeds (``--seeds 1 2``) go to the
+model x init with the best mean dev MCC over the tasks at seed 0 (``dev_ranking``, printed
+under the table); where several seeds ran, the table shows mean ± sample std.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 import inspect
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -176,30 +179,106 @@ def run_table(results_dir: Path, models: dict, tasks: list[str], seeds: list[int
     return cells
 
 
+INITS = ("scratch", "ecoli")
+
+
+def column_label(model: str, init: str) -> str:
+    return f"{model} {'scratch' if init == 'scratch' else '+E. coli'}"
+
+
+def seed_cells(cells: dict[str, dict], task: str, model: str, init: str, config_hash: str) -> list[dict]:
+    """The current configuration's cells of one task, model and init: one per seed, by seed."""
+    found = [c for c in cells.values()
+             if (c.get("task"), c.get("model"), c.get("init"), c.get("model_hash")) == (task, model, init, config_hash)]
+    return sorted(found, key=lambda c: c["seed"])
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator) of two or more values."""
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def dev_ranking(cells: dict[str, dict], models: dict[str, str], tasks: list[str],
+                seed: int = 0) -> list[tuple[float, str, str]]:
+    """``(mean dev MCC over tasks, model, init)`` of every model x init whose current
+    configuration has a cell of ``seed`` on every task, best first: the rule that picks
+    the model to run on more seeds (dev, never test, MCC)."""
+    ranking = []
+    for name, config_hash in models.items():
+        for init in INITS:
+            got = [cells.get(cell_key(task, name, init, seed, config_hash)) for task in tasks]
+            if all(got):
+                ranking.append((round(statistics.fmean(c["dev_mcc"] for c in got), 4), name, init))
+    return sorted(ranking, reverse=True)
+
+
 def table_markdown(cells: dict[str, dict], models: dict[str, str], tasks: list[str], published: dict[str, float],
                    seed: int = 0) -> str:
     """Test MCC per task (rows) and model x init (columns) for the models' current
-    configurations (``models``: name -> hash), 'not run yet' where a cell is missing and
-    'stale' beside the score of an older configuration; CPU minutes per cell in a second table."""
-    columns = [(m, i) for m in models for i in ("scratch", "ecoli")]
-    head = " | ".join(f"{m} {'scratch' if i == 'scratch' else '+E. coli'}" for m, i in columns)
+    configurations (``models``: name -> hash): one seed's score, or mean ± sample std
+    where several seeds ran; 'not run yet' where a cell is missing and 'stale' beside the
+    ``seed`` score of an older configuration. Then the dev-MCC ranking, the per-seed
+    scores and the CPU minutes per cell."""
+    columns = [(m, i) for m in models for i in INITS]
+    head = " | ".join(column_label(m, i) for m, i in columns)
     lines = [f"| task | {head} | DNABERT-2 (paper) |", "|" + "---|" * (len(columns) + 2)]
     cpu = [f"| task | {head} |", "|" + "---|" * (len(columns) + 1)]
     any_stale = False
 
-    def show(found: tuple[dict | None, bool], value, missing: str) -> str:
+    def show(task: str, model: str, init: str, key: str, scale: float, spread: bool, missing: str) -> str:
         nonlocal any_stale
-        cell, stale = found
+        group, stale = seed_cells(cells, task, model, init, models[model]), False
+        if not group:
+            cell, stale = find_cell(cells, task, model, init, seed, models[model])
+            group = [cell] if cell is not None else []
         any_stale |= stale
-        return missing if cell is None else value(cell) + (" (stale)" if stale else "")
+        values = [c[key] * scale for c in group]
+        if not values:
+            return missing
+        if len(values) == 1:
+            return f"{values[0]:.{3 if spread else 1}f}" + (" (stale)" if stale else "")
+        mean, std = mean_std(values)
+        return f"{mean:.3f} ± {std:.3f} ({len(values)} seeds)" if spread else f"{mean:.1f} (mean of {len(values)})"
 
     for task in tasks:
-        got = [find_cell(cells, task, m, i, seed, models[m]) for m, i in columns]
-        lines.append(f"| {task} | " + " | ".join(show(f, lambda c: f"{c['test_mcc']:.3f}", "not run yet") for f in got)
+        lines.append(f"| {task} | " + " | ".join(show(task, m, i, "test_mcc", 1, True, "not run yet") for m, i in columns)
                      + f" | {published[task]:.3f} |")
-        cpu.append(f"| {task} | " + " | ".join(show(f, lambda c: f"{c['cpu_seconds'] / 60:.1f}", "-") for f in got)
+        cpu.append(f"| {task} | " + " | ".join(show(task, m, i, "cpu_seconds", 1 / 60, False, "-") for m, i in columns)
                    + " |")
     note = ("\n\n(stale): made with an earlier configuration of that model (its `model_hash` is not the "
             "current one); not reused, rerun to replace it." if any_stale else "")
-    return ("\n".join(lines) + note + "\n\nCPU minutes per cell (fine-tuning and its dev/test evaluation):\n\n"
-            + "\n".join(cpu))
+    if any(len(seed_cells(cells, t, m, i, models[m])) > 1 for t in tasks for m, i in columns):
+        note += "\n\nmean ± std: over the seeds that ran (sample standard deviation, n - 1)."
+    ranking = dev_ranking(cells, models, tasks, seed)
+    if ranking:
+        note += (f"\n\nMean dev MCC over these {len(tasks)} tasks, seed {seed} (the rule that picks the model for "
+                 "more seeds): " + ", ".join(f"{column_label(m, i)} {score:.3f}" for score, m, i in ranking) + ".")
+    seeds = seeds_markdown(cells, models, tasks)
+    return ("\n".join(lines) + note + ("\n\n" + seeds if seeds else "")
+            + "\n\nCPU minutes per cell (fine-tuning and its dev/test evaluation):\n\n" + "\n".join(cpu))
+
+
+def seeds_markdown(cells: dict[str, dict], models: dict[str, str], tasks: list[str]) -> str:
+    """Test MCC of every seed, per task, for each model x init that ran more than one
+    seed somewhere ('' when none did); the last row is each seed's mean over the tasks
+    where all of them ran."""
+    blocks = []
+    for model, init in [(m, i) for m in models for i in INITS]:
+        groups = {task: {c["seed"]: c["test_mcc"] for c in seed_cells(cells, task, model, init, models[model])}
+                  for task in tasks}
+        seeds = sorted({s for group in groups.values() for s in group})
+        if len(seeds) < 2:
+            continue
+        lines = [f"Test MCC per seed, {column_label(model, init)}:", "",
+                 "| task | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |", "|" + "---|" * (len(seeds) + 2)]
+        for task, group in groups.items():
+            spread = "{:.3f} ± {:.3f}".format(*mean_std(list(group.values()))) if len(group) > 1 else "-"
+            lines.append(f"| {task} | " + " | ".join(f"{group[s]:.3f}" if s in group else "-" for s in seeds)
+                         + f" | {spread} |")
+        complete = [group for group in groups.values() if len(group) == len(seeds)]
+        if complete:
+            per_seed = [statistics.fmean(group[s] for group in complete) for s in seeds]
+            lines.append(f"| mean of {len(complete)} tasks | " + " | ".join(f"{v:.3f}" for v in per_seed)
+                         + " | {:.3f} ± {:.3f} |".format(*mean_std(per_seed)))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -130,3 +130,34 @@ def test_results_of_another_protocol_are_refused(tmp_path):
     finally:
         table.PROTOCOL.clear()
         table.PROTOCOL.update(saved)
+
+
+def test_table_shows_mean_and_std_over_seeds_and_ranks_by_dev_mcc():
+    table = _gue_table()
+    hashes = {"cnn": "a" * 12, "caduceus_ps": "b" * 12}
+
+    def cell(task, model, init, seed, test, dev, cpu=60.0):
+        key = table.cell_key(task, model, init, seed, hashes[model])
+        return key, {"key": key, "task": task, "model": model, "init": init, "seed": seed,
+                     "model_hash": hashes[model], "test_mcc": test, "dev_mcc": dev, "cpu_seconds": cpu}
+
+    cells = dict([
+        cell("tf0", "cnn", "scratch", 0, 0.60, 0.40), cell("tf1", "cnn", "scratch", 0, 0.70, 0.40),
+        # Better on test, worse on dev than the CNN: the ranking must follow dev.
+        cell("tf0", "caduceus_ps", "ecoli", 0, 0.90, 0.50), cell("tf1", "caduceus_ps", "ecoli", 0, 0.80, 0.10),
+        cell("tf0", "caduceus_ps", "ecoli", 1, 0.70, 0.50, cpu=120.0), cell("tf1", "caduceus_ps", "ecoli", 1, 0.60, 0.1),
+        cell("tf0", "caduceus_ps", "ecoli", 2, 0.80, 0.50),
+    ])
+    assert table.dev_ranking(cells, hashes, ["tf0", "tf1"]) == [(0.4, "cnn", "scratch"), (0.3, "caduceus_ps", "ecoli")]
+    text = table.table_markdown(cells, hashes, ["tf0", "tf1"], {"tf0": 0.72, "tf1": 0.76})
+    # tf0: seeds 0.9, 0.7, 0.8 -> mean 0.8, sample std 0.1; tf1: 0.8, 0.6 -> 0.7 +- 0.141.
+    assert ("| tf0 | 0.600 | not run yet | not run yet | 0.800 ± 0.100 (3 seeds) | 0.720 |" in text)
+    assert "| tf1 | 0.700 | not run yet | not run yet | 0.700 ± 0.141 (2 seeds) | 0.760 |" in text
+    assert "cnn scratch 0.400, caduceus_ps +E. coli 0.300" in text
+    assert "Test MCC per seed, caduceus_ps +E. coli:" in text and "Test MCC per seed, cnn" not in text
+    assert "| tf0 | 0.900 | 0.700 | 0.800 | 0.800 ± 0.100 |" in text
+    assert "| tf1 | 0.800 | 0.600 | - | 0.700 ± 0.141 |" in text
+    # Only tf0 has all three seeds, so the per-seed means over tasks are its scores.
+    assert "| mean of 1 tasks | 0.900 | 0.700 | 0.800 | 0.800 ± 0.100 |" in text
+    # CPU minutes: one seed as it is, several as their mean.
+    assert "| tf0 | 1.0 | - | - | 1.3 (mean of 3) |" in text
