@@ -15,8 +15,9 @@ Training-step cost on a custom grid (synthetic data, no dataset needed): 33 x 49
 one variable, 24 h in / 24 h out, batch 8, the wfde5_convs5_24 model (dim 32, P 64,
 depth 3). The model as first written (batch-major frames, complex tensors, the generic
 linear_scan, every frame of every block read out) runs first, then the current one, then
-the current one with ``recompute_states=True``, each in its own process so that peak
-memory is its own:
+the current one with ``recompute_states=True``, then both in bf16 mixed precision
+(``--trainer.precision bf16-mixed``: ConvS5's convolutions in bf16, its scan in fp32),
+each in its own process so that peak memory is its own:
 
     python benchmarks/spatiotemporal.py --grid-step --steps 3 --threads 2
 """
@@ -95,7 +96,7 @@ def train_and_test(name: str, dm, args, root: Path) -> dict[str, float]:
 
 # "before": the model as first written; "after": as packaged; "recompute_states": the opt-in
 # that recomputes each layer's states in backward instead of keeping them.
-VARIANTS = ("before", "after", "recompute_states")
+VARIANTS = ("before", "after", "recompute_states", "bf16-mixed", "bf16-mixed+recompute")
 GRID = dict(batch=8, length=24, pred_len=24, height=33, width=49, dim=32, state_dim=64, depth=3)
 
 
@@ -141,14 +142,18 @@ def grid_step_child(variant: str, steps: int, threads: int, batch: int) -> None:
         ConvS5.forward = _legacy_forward
     g = {**GRID, "batch": batch}
     model = ConvS5(1, 1, g["pred_len"], dim=g["dim"], state_dim=g["state_dim"], depth=g["depth"], dropout=0.1,
-                   recompute_states=variant == "recompute_states")
+                   recompute_states="recompute" in variant)
+    # What Lightning's `precision: bf16-mixed` does around the forward pass.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.startswith("bf16"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(g["batch"], g["length"], 1, g["height"], g["width"])
     y = torch.randn(g["batch"], g["pred_len"], 1, g["height"], g["width"])
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.mse_loss(model(x), y).backward()
+        with autocast:
+            prediction = model(x)
+        torch.nn.functional.mse_loss(prediction.float(), y).backward()
         optimizer.step()
 
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # torch, model, optimizer, data

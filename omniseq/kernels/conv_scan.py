@@ -58,14 +58,22 @@ def _conj_dot(states: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _conv(inputs: torch.Tensor, kernel: torch.Tensor, padding: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """A convolution in the kernel's dtype (bf16 under autocast), channels-last ``out_dtype`` out."""
+    y = F.conv2d(inputs.to(kernel.dtype), kernel, padding=padding)
+    return y.to(dtype=out_dtype, memory_format=torch.channels_last)
+
+
 def _conv_backward(grad: torch.Tensor, inputs: torch.Tensor, kernel: torch.Tensor, padding: int,
                    mask: list[bool]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    grad = grad.contiguous(memory_format=torch.channels_last)
+    """Both gradients of :func:`_conv`, computed in the kernel's dtype, returned in ``grad``'s."""
+    work, low = grad.dtype, kernel.dtype
+    grad = grad.to(dtype=low, memory_format=torch.channels_last)
     grad_in, grad_kernel, _ = torch.ops.aten.convolution_backward(
-        grad, inputs, kernel, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1, [*mask, False])
+        grad, inputs.to(low), kernel, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1, [*mask, False])
     if grad_in is not None:  # the state gradients are scanned in place as complex views of it
-        grad_in = grad_in.contiguous(memory_format=torch.channels_last)
-    return grad_in, grad_kernel
+        grad_in = grad_in.to(dtype=work, memory_format=torch.channels_last)
+    return grad_in, None if grad_kernel is None else grad_kernel.to(work)
 
 
 def _scan_(states: torch.Tensor, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
@@ -87,8 +95,10 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
 
 class _ConvScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only, chunk, recompute):  # type: ignore[override]
-        batch = u.shape[0] // length
+    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only, chunk, recompute, conv_dtype):  # type: ignore[override]
+        batch, work = u.shape[0] // length, u.dtype
+        # The convolutions (and the input kept for backward) in conv_dtype, the scan in ``work``.
+        u, b_kernel, c_kernel = u.to(conv_dtype), b_kernel.to(conv_dtype), c_kernel.to(conv_dtype)
         keep = not (last_only or recompute)  # the whole state sequence is kept for backward
         tangent = None  # dh_{L-1}/da, for last_only (where no state sequence is kept)
         if last_only and ctx.needs_input_grad[2]:
@@ -97,24 +107,23 @@ class _ConvScanFn(torch.autograd.Function):
         for start, stop in _chunks(length, length if keep else chunk):
             if recompute and not last_only:
                 boundaries.append(_zero_state(u, a, batch) if carry is None else carry.clone())
-            z = F.conv2d(u[start * batch:stop * batch], b_kernel, padding=padding).contiguous(
-                memory_format=torch.channels_last)
+            z = _conv(u[start * batch:stop * batch], b_kernel, padding, work)
             states = _complex_planes(z, stop - start)
             _scan_(states, a, carry, start, tangent)  # z becomes the states
             carry = states[-1]
             if not last_only:
-                ys.append(F.conv2d(z, c_kernel, padding=padding))
+                ys.append(_conv(z, c_kernel, padding, work))
         last = carry.clone()
         if last_only:
             read = z[-batch:].clone()  # the last frame's states; the sequence is freed
-            ys.append(F.conv2d(read, c_kernel, padding=padding))
+            ys.append(_conv(read, c_kernel, padding, work))
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, read, tangent)
         elif keep:
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, z, None)
         else:
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, None, torch.stack(boundaries))
         y = ys[0] if len(ys) == 1 else torch.cat(ys).contiguous(memory_format=torch.channels_last)
-        ctx.length, ctx.padding, ctx.last_only, ctx.chunk = length, padding, last_only, chunk
+        ctx.length, ctx.padding, ctx.last_only, ctx.chunk, ctx.work = length, padding, last_only, chunk, work
         ctx.set_materialize_grads(False)
         return y, last
 
@@ -122,10 +131,10 @@ class _ConvScanFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
         if grad_y is None and grad_last is None:
-            return (None,) * 10
+            return (None,) * 11
         u, b_kernel, a, c_kernel, h0, read, extra = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs)
+        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work)
         if ctx.last_only:
             g = grads.readout(grad_y, read, 1)
             g = grad_last if g is None else (g[0] if grad_last is None else g[0] + grad_last)
@@ -133,7 +142,7 @@ class _ConvScanFn(torch.autograd.Function):
         else:
             first = _sequence_backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
         grad_h0 = first * a.conj() if h0 is not None and needs[4] else None
-        return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None
+        return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None, None
 
 
 def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
@@ -143,10 +152,10 @@ def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
 class _Grads:
     """Gradients of conv_scan's inputs, accumulated chunk by chunk (latest chunk first)."""
 
-    def __init__(self, u, b_kernel, a, c_kernel, padding, needs):
+    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work):
         self.inputs, self.b_kernel, self.a_value, self.c_kernel, self.padding = u, b_kernel, a, c_kernel, padding
-        self.needs = needs
-        self.u = torch.empty_like(u, memory_format=torch.channels_last) if needs[0] else None
+        self.needs, self.work = needs, work
+        self.u = torch.empty_like(u, dtype=work, memory_format=torch.channels_last) if needs[0] else None
         self.b = self.c = None
         self.a = torch.zeros_like(a) if needs[2] else None
 
@@ -185,8 +194,7 @@ def _sequence_backward(grads, grad_y, grad_last, states_real, boundaries, h0, le
             prev = h0 if start == 0 else _complex_planes(states_real[(start - 1) * batch:start * batch], 1)[0]
         else:
             prev = boundaries[k]
-            z = F.conv2d(grads.inputs[rows], grads.b_kernel, padding=grads.padding).contiguous(
-                memory_format=torch.channels_last)
+            z = _conv(grads.inputs[rows], grads.b_kernel, grads.padding, grads.work)
             _scan_(_complex_planes(z, stop - start), a, prev, start)
         grad = grads.readout(None if grad_y is None else grad_y[rows], z, stop - start)
         if grad is None:
@@ -251,6 +259,7 @@ def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: t
 def conv_scan(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
     h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
+    conv_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Readouts ``C (*) h_t`` of ``h_t = a * h_{t-1} + B (*) u_t`` and the last state.
 
@@ -266,6 +275,11 @@ def conv_scan(
             state sequence is kept): a smaller chunk holds smaller temporaries; default L/4.
         recompute: keep only each chunk's first state for backward and recompute the chunk's
             states there (one more B convolution per frame): far less memory, more time.
+        conv_dtype: dtype of the two convolutions and of the input kept for backward. By
+            default bf16 inside ``torch.autocast(dtype=torch.bfloat16)`` (mixed precision:
+            about twice the convolutions' speed on CPUs with AVX512-BF16), else the working
+            dtype. The scan, the states and all gradients returned stay in fp32 (fp64 for
+            fp64 inputs): a long recurrence in bf16 would lose the decays' precision.
 
     Returns:
         ``y`` channels-last ``(L*B, U_out, H, W)`` (``(B, U_out, H, W)`` with ``last_only``) in
@@ -274,12 +288,23 @@ def conv_scan(
     _check(u, b_kernel, a, c_kernel, h0, length, chunk)
     work = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     cplx = torch.complex128 if work == torch.float64 else torch.complex64
+    if conv_dtype is None:
+        conv_dtype = _autocast_conv_dtype(u.device.type) if work == torch.float32 else work
     with torch.autocast(u.device.type, enabled=False):
         y, last = _ConvScanFn.apply(
             u.to(work).contiguous(memory_format=torch.channels_last), b_kernel.to(work), a.to(cplx),
             c_kernel.to(work), None if h0 is None else h0.to(cplx).contiguous(), length,
-            b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute)
+            b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute, conv_dtype)
     return y.to(u.dtype), last
+
+
+def _autocast_conv_dtype(device_type: str) -> torch.dtype:
+    """bf16 under bf16 autocast (fp16 too on a GPU; CPUs have no fast fp16 convolution)."""
+    if torch.is_autocast_enabled(device_type):
+        low = torch.get_autocast_dtype(device_type)
+        if low == torch.bfloat16 or (low == torch.float16 and device_type == "cuda"):
+            return low
+    return torch.float32
 
 
 def conv_scan_reference(

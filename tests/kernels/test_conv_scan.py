@@ -95,3 +95,44 @@ def test_bad_shapes_raise_clear_errors():
         conv_scan(u, b_kernel, a, c_kernel, 3, h0[..., :-1])
     with pytest.raises(ValueError, match="chunk must be a positive number of time steps, got 0"):
         conv_scan(u, b_kernel, a, c_kernel, 3, chunk=0)
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+@pytest.mark.parametrize("last_only, recompute", [(False, False), (True, False), (False, True)])
+def test_bf16_autocast_runs_the_convolutions_in_bf16_and_keeps_the_scan_in_fp32(last_only, recompute):
+    """Mixed precision: values and all gradients stay within bf16 rounding of the fp64 loop,
+    the returned gradients are fp32, and the result really is the bf16 path (not fp32's)."""
+    inputs = _inputs(torch.float32, length=6, batch=2, u_dim=8, p=8, out_dim=4, size=(6, 7), seed=5)
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    refs = [t.detach().double().clone().requires_grad_() if not t.is_complex()
+            else t.detach().to(torch.complex128).clone().requires_grad_() for t in inputs]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, last = conv_scan(*leaves[:4], 6, leaves[4], last_only=last_only, chunk=4, recompute=recompute)
+    y_fp32, _ = conv_scan(*[t.detach() for t in inputs[:4]], 6, inputs[4], last_only=last_only)
+    y_ref, last_ref = conv_scan_reference(*refs[:4], 6, refs[4], last_only=last_only)
+    assert y.dtype == torch.float32 and last.dtype == torch.complex64
+    assert _relative_error(y, y_ref) < 1e-2 and _relative_error(torch.view_as_real(last),
+                                                                 torch.view_as_real(last_ref)) < 1e-2
+    assert _relative_error(y_fp32, y_ref) < 1e-5 < _relative_error(y, y_ref)  # bf16 rounding is visible
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ((y * weight.float()).sum() + last.real.sum()).backward()
+    ((y_ref * weight).sum() + last_ref.real.sum()).backward()
+    for got, want in zip(leaves, refs, strict=True):
+        assert got.grad.dtype == got.dtype
+        assert _relative_error(torch.view_as_real(got.grad) if got.is_complex() else got.grad,
+                               torch.view_as_real(want.grad) if want.is_complex() else want.grad) < 2e-2
+
+
+def test_conv_dtype_can_be_set_without_autocast_and_fp64_ignores_autocast():
+    u, b_kernel, a, c_kernel, h0 = _inputs(torch.float32, length=3, u_dim=8, p=8, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_auto, _ = conv_scan(u, b_kernel, a, c_kernel, 3, h0)
+    y_set, _ = conv_scan(u, b_kernel, a, c_kernel, 3, h0, conv_dtype=torch.bfloat16)
+    torch.testing.assert_close(y_set, y_auto, rtol=0, atol=0)
+    d = _inputs(torch.float64, length=3, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y64, _ = conv_scan(*d[:4], 3, d[4])
+    torch.testing.assert_close(y64, conv_scan_reference(*d[:4], 3, d[4])[0], rtol=1e-10, atol=1e-10)
