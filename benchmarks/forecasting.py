@@ -2,9 +2,9 @@
 against the iTransformer paper (lookback 96, multivariate, MSE/MAE in normalised units).
 
 Protocol: the official iTransformer scripts — Adam(W) lr 1e-4, batch 32, at most
-10 epochs, early stopping on validation loss (patience 3), lr halved every
-epoch, the best validation checkpoint tested on every test window. Model sizes
-from ``omniseq.backbones.itransformer.PAPER_CONFIGS``; mixer variants keep those
+10 epochs, early stopping on validation loss (patience 3), lr halved after
+every epoch from the 2nd (type1), the best validation checkpoint tested on every
+test window. Model sizes from ``omniseq.backbones.itransformer.PAPER_CONFIGS``; mixer variants keep those
 sizes and swap the mixer. TSMixer: 2 blocks, ff_dim 64, dropout 0.9 (the TSMixer
 paper's ETT setting); by default the same schedule as iTransformer, under which it is
 under-trained — the README's TSMixer row uses ``--lr-decay 1.0 --max-epochs 30 --patience 5``

@@ -2,7 +2,8 @@
 
 TSLib runs through ``../shared/peers/tslib_etth1.sh`` (its own ``run.py``, CPU, 2 threads);
 omniseq through ``omniseq fit`` on the packaged recipe with TSLib's hyper-parameters
-(d_model = d_ff, 2 layers, batch 32, lr 1e-4 halved every epoch, 10 epochs, patience 3).
+(d_model = d_ff, 2 layers, batch 32, lr 1e-4 halved after every epoch from the 2nd as TSLib's
+``type1``, 10 epochs, patience 3).
 Both are separate processes with OMP_NUM_THREADS=2. Printed per run: train samples/s
 (training loop only: windows per epoch over the median epoch's training-loop time, as
 TSLib's script computes it), wall time of the whole process, test MSE, and the ratios.

@@ -80,7 +80,7 @@ class Forecaster:
     """A forecasting model plus the data settings it was fitted with.
 
     Every setting left as None comes from ``recipe``, by default the paper recipe of the
-    model (``forecasting/etth1_itransformer_96``: lr 1e-4 halved every epoch, d_model =
+    model (``forecasting/etth1_itransformer_96``: lr 1e-4 halved after every epoch from the 2nd, d_model =
     d_ff = 256, 2 layers, seq_len = pred_len = 96, batch 32, 10 epochs, patience 3,
     seed 2021; ``forecasting/etth1_tsmixer_96`` for TSMixer).
 

@@ -28,8 +28,10 @@ class ForecastingTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
         lr: peak learning rate of Adam.
         weight_decay: decoupled weight decay (AdamW).
         loss: training loss.
-        lr_decay: per-epoch multiplicative decay after the first epoch; 0.5 is
-            the "type1" schedule of the Time-Series-Library scripts.
+        lr_decay: per-epoch multiplicative decay. Epochs 1 and 2 run at ``lr``, epoch
+            k > 2 at ``lr * lr_decay ** (k - 2)``: with 0.5 this is ``lradj type1`` of
+            the Time-Series-Library and iTransformer code, whose first halving comes
+            after the second epoch (it is set after each epoch for epoch + 1).
     """
 
     def __init__(
@@ -88,7 +90,5 @@ class ForecastingTask(TrainLossLogging, CheckpointOrigin, L.LightningModule):
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
         decay = self.hparams.lr_decay
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: decay ** max(epoch, 0)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: decay ** max(epoch - 1, 0))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

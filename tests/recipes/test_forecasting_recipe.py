@@ -125,3 +125,28 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
         got = loaded(batch["x"], batch["x_mark"])
     assert type(loaded.backbone) is type(cli.model.backbone)
     assert torch.equal(got, expected)
+
+
+def _tslib_type1(lr: float, epochs: int) -> list[float]:
+    """TSLib's ``adjust_learning_rate(optimizer, epoch + 1, args)`` with ``lradj='type1'``,
+    restated: after 1-based epoch e it sets ``lr * 0.5 ** ((e - 1) // 1)`` for the next one."""
+    rates = [lr]
+    for epoch in range(1, epochs):
+        rates.append(lr * 0.5 ** ((epoch - 1) // 1))
+    return rates
+
+
+def test_lr_decay_half_is_tslib_type1_schedule():
+    from omniseq.backbones.tsmixer import TSMixer
+    from omniseq.recipes.forecasting import ForecastingTask
+
+    task = ForecastingTask(TSMixer(8, 4, 2, ff_dim=4), lr=1e-4, lr_decay=0.5)
+    config = task.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()  # Lightning steps an "epoch" scheduler after each epoch
+    assert rates == pytest.approx(_tslib_type1(1e-4, 6), rel=1e-12)
+    assert rates[:3] == pytest.approx([1e-4, 1e-4, 5e-5])
