@@ -317,6 +317,40 @@ def test_convert_refuses_a_payload_that_would_run_code(tmp_path):
     assert not sentinel.exists() and not (tmp_path / "new.pt").exists()
 
 
+class CallsAModuleClass:
+    """Pickles as a call of an allowed module class (its ``__init__`` would run), directly
+    or through ``copyreg._reconstructor`` with that class as the base."""
+
+    def __init__(self, through_reconstructor: bool) -> None:
+        self.through_reconstructor = through_reconstructor
+
+    def __reduce__(self):
+        import copyreg
+
+        if self.through_reconstructor:
+            return copyreg._reconstructor, (torch.nn.Linear, torch.nn.Linear, 3)
+        return torch.nn.Linear, (3, 3)
+
+
+@pytest.mark.parametrize("through_reconstructor", [False, True])
+def test_convert_refuses_a_call_of_an_allowed_module_class(tmp_path, through_reconstructor):
+    old = tmp_path / "old.pt"
+    torch.save({"model": CallsAModuleClass(through_reconstructor), KIND_KEY: "Separator"}, old)
+    with pytest.raises(SystemExit, match=r"old\.pt: it calls torch\.nn\.modules\.linear\.Linear with arguments"):
+        main(["convert", str(old), str(tmp_path / "new.pt")])
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_convert_reads_the_legacy_format_through_the_allow_list_too(tmp_path):
+    """A file that is not a zip takes torch.load's legacy path, whose first record is
+    unpickled with the pickle module's ``load``: that goes through the allow-list as well."""
+    sentinel, old = tmp_path / "SENTINEL", tmp_path / "old.pt"
+    old.write_bytes(pickle.dumps(RunsCode(sentinel)))
+    with pytest.raises(SystemExit, match=r"old\.pt: it references builtins\.eval, which an omniseq file never held"):
+        main(["convert", str(old), str(tmp_path / "new.pt")])
+    assert not sentinel.exists() and not (tmp_path / "new.pt").exists()
+
+
 def test_convert_help_says_to_trust_the_file(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])

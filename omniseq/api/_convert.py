@@ -6,8 +6,9 @@ file is refused with a message naming this command. Converting unpickles the old
 through an allow-list: omniseq, timm.layers and torch.nn modules, tensors and storages,
 numpy arrays and the pandas date types earlier versions saved. Any other global (a
 function such as ``os.system``, a foreign class) stops the conversion before it is
-called. Even so, unpickling is not as safe as reading data: convert only files you
-trust. The new file holds tensors, numbers and strings; modules become their
+called, and a module class is only rebuilt from its saved state, never called. Even so,
+unpickling is not as safe as reading data (the allowed rebuild functions of numpy,
+pandas and torch take arguments from the file): convert only files you trust. The new file holds tensors, numbers and strings; modules become their
 registered name, settings and weights.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import argparse
+import copyreg
 import importlib
 import pickle
 import types
@@ -68,8 +70,26 @@ def _allowed(module: str, name: str, value: Any) -> bool:
     return False
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    """Resolves only the globals of ``_allowed``; anything else stops the load before it is called."""
+def _refuse_module_call(func: Any) -> None:
+    """Calling a module class runs its ``__init__`` with arguments from the file; a module an
+    omniseq file held is rebuilt with ``__new__`` and its saved state, never by a call."""
+    if isinstance(func, type) and issubclass(func, nn.Module):
+        raise pickle.UnpicklingError(f"it calls {func.__module__}.{func.__qualname__} with arguments from the file, "
+                                     "which an omniseq file never did; nothing was run")
+
+
+def _reconstructor(cls: type, base: type, state: Any) -> Any:
+    """``copyreg._reconstructor``, which calls ``base.__init__``: refused for a module base."""
+    _refuse_module_call(base)
+    return copyreg._reconstructor(cls, base, state)
+
+
+class _AllowListUnpickler(pickle._Unpickler):
+    """Resolves only the globals of ``_allowed``; anything else stops the load before it is
+    called. The Python unpickler, because its opcodes can be checked: REDUCE, INST and OBJ
+    (the ones that call what they loaded) may not call a module class."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:  # Python 2 names of protocol <= 2 pickles
@@ -82,14 +102,30 @@ class _AllowListUnpickler(pickle.Unpickler):
         if not _allowed(module, name, value):
             raise pickle.UnpicklingError(f"it references {module}.{name}, which an omniseq file never held; "
                                          "nothing was run")
-        return value
+        return _reconstructor if value is copyreg._reconstructor else value
+
+    def load_reduce(self) -> None:
+        _refuse_module_call(self.stack[-2])
+        pickle._Unpickler.load_reduce(self)
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def _instantiate(self, klass: Any, args: tuple) -> None:
+        _refuse_module_call(klass)
+        pickle._Unpickler._instantiate(self, klass, args)
 
 
-_allow_list_pickle = types.SimpleNamespace(Unpickler=_AllowListUnpickler, load=pickle.load, __name__="omniseq_allow_list")
+def _allow_list_load(file: Any, **kwargs: Any) -> Any:
+    return _AllowListUnpickler(file, **kwargs).load()
+
+
+# torch.load's pickle_module: Unpickler for zip files, load for the legacy format's records.
+_allow_list_pickle = types.SimpleNamespace(Unpickler=_AllowListUnpickler, load=_allow_list_load,
+                                           __name__="omniseq_allow_list")
 
 
 def convert_file(old: str | Path, new: str | Path) -> Path:
-    """Read ``old`` trusting it (full unpickling), write its data to ``new``; return ``new``."""
+    """Read ``old`` through the allow-list unpickler, write its data to ``new``; return ``new``."""
     old, new = Path(old), Path(new)
     if not old.is_file():
         raise FileNotFoundError(f"{old}: no such file")
