@@ -10,7 +10,8 @@ the ``P`` complex states, viewed without a copy). Written as one ``autograd.Func
 because the generic composition costs memory and time that this layer does not need:
 
 - the scan runs in place in the B convolution's output (no second ``(L, B, H, W, P)``
-  buffer), and its backward runs in place in the gradient of the states;
+  buffer), and its backward runs in place in the gradient of the states; with bf16
+  convolutions those stay bf16 and each frame is lifted to fp32 for its scan step;
 - time-major frames make every step's slice contiguous, so a step is one fused
   multiply-add over ``B * H * W * P`` numbers, with no copies;
 - with ``last_only`` (the model's last block, whose head reads one frame) only the last
@@ -50,8 +51,9 @@ def _conj_dot(states: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     product, conjugate copy and sum, and with no temporary of the rows' size.
     """
     parts = []
+    work = torch.promote_types(states.dtype, torch.float32)
     for start in range(0, states.shape[1], 32):
-        m = states[:, start:start + 32].T @ grads[:, start:start + 32]
+        m = (states[:, start:start + 32].T @ grads[:, start:start + 32]).to(work)
         k = m.shape[0] // 2
         d = m.view(k, 2, k, 2).diagonal(dim1=0, dim2=2)  # d[i, j, c] = sum_n s[n, 2c+i] g[n, 2c+j]
         parts.append(torch.complex(d[0, 0] + d[1, 1], d[0, 1] - d[1, 0]))
@@ -65,14 +67,16 @@ def _conv(inputs: torch.Tensor, kernel: torch.Tensor, padding: int, out_dtype: t
 
 
 def _conv_backward(grad: torch.Tensor, inputs: torch.Tensor, kernel: torch.Tensor, padding: int,
-                   mask: list[bool]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Both gradients of :func:`_conv`, computed in the kernel's dtype, returned in ``grad``'s."""
-    work, low = grad.dtype, kernel.dtype
+                   mask: list[bool], work: torch.dtype, grad_in_dtype: torch.dtype,
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Both gradients of :func:`_conv`, computed in the kernel's dtype: the input's gradient
+    channels-last in ``grad_in_dtype``, the kernel's in ``work``."""
+    low = kernel.dtype
     grad = grad.to(dtype=low, memory_format=torch.channels_last)
     grad_in, grad_kernel, _ = torch.ops.aten.convolution_backward(
         grad, inputs.to(low), kernel, None, [1, 1], [padding, padding], [1, 1], False, [0, 0], 1, [*mask, False])
-    if grad_in is not None:  # the state gradients are scanned in place as complex views of it
-        grad_in = grad_in.to(dtype=work, memory_format=torch.channels_last)
+    if grad_in is not None:  # the state gradients are scanned in place in it
+        grad_in = grad_in.to(dtype=grad_in_dtype, memory_format=torch.channels_last)
     return grad_in, None if grad_kernel is None else grad_kernel.to(work)
 
 
@@ -89,6 +93,61 @@ def _scan_(states: torch.Tensor, a: torch.Tensor, carry: torch.Tensor | None, fi
         states[i].addcmul_(a, prev)
 
 
+def _frames(real: torch.Tensor, steps: int) -> torch.Tensor:
+    """Channels-last real ``(steps*B, 2P, H, W)`` -> ``(steps, B, H, W, 2P)``, a view."""
+    return real.permute(0, 2, 3, 1).unflatten(0, (steps, -1))
+
+
+def _as_states(frame: torch.Tensor) -> torch.Tensor:
+    """A working-precision real frame ``(B, H, W, 2P)`` viewed as complex ``(B, H, W, P)``."""
+    return torch.view_as_complex(frame.unflatten(-1, (-1, 2)))
+
+
+def _scan_low_(z: torch.Tensor, steps: int, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
+               tangent: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_scan_` for a convolution output ``z`` in low precision (bf16): each frame is
+    lifted into a working-precision buffer, advanced there, and written back rounded, so
+    ``z`` becomes the rounded states (what the readout convolution reads) while the
+    recurrence itself never runs in bf16. One frame at a time: no full-size fp32 copy.
+    Returns the last state in working precision."""
+    frames, work = _frames(z, steps), a.real.dtype
+    buffers = torch.empty((2, *frames.shape[1:]), dtype=work, device=z.device)
+    prev = carry
+    for i in range(steps):
+        current = buffers[i % 2]
+        current.copy_(frames[i])
+        h = _as_states(current)
+        if prev is not None:
+            if tangent is not None and first_step + i >= 1:
+                tangent.mul_(a).add_(prev)
+            h.addcmul_(a, prev)
+        frames[i].copy_(current)
+        prev = h
+    return prev.clone()
+
+
+def _reverse_scan_low_(grad: torch.Tensor, steps: int, a_conj: torch.Tensor, later: torch.Tensor | None,
+                       extra: torch.Tensor | None) -> torch.Tensor:
+    """In place on low-precision channels-last ``dL/dh`` readouts ``(steps*B, 2P, H, W)``:
+    ``g_t += conj(a) g_{t+1}`` (``later`` after the last frame; ``extra`` added to the last
+    frame) in working precision, each frame written back rounded for the input convolution's
+    backward. Returns ``g_0`` unrounded."""
+    frames, work = _frames(grad, steps), a_conj.real.dtype
+    buffers = torch.empty((2, *frames.shape[1:]), dtype=work, device=grad.device)
+    g = later
+    for t in range(steps - 1, -1, -1):
+        current = buffers[t % 2]
+        current.copy_(frames[t])
+        h = _as_states(current)
+        if extra is not None and t == steps - 1:
+            h += extra
+        if g is not None:
+            h.addcmul_(a_conj, g)
+        frames[t].copy_(current)
+        g = h
+    return g.clone()
+
+
 def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, length)) for start in range(0, length, chunk)]
 
@@ -103,14 +162,13 @@ class _ConvScanFn(torch.autograd.Function):
         tangent = None  # dh_{L-1}/da, for last_only (where no state sequence is kept)
         if last_only and ctx.needs_input_grad[2]:
             tangent = _zero_state(u, a, batch) if h0 is None else h0.clone()
+        low = conv_dtype != work  # the states kept and read out in conv_dtype, scanned in work
         carry, boundaries, ys, z = h0, [], [], None
         for start, stop in _chunks(length, length if keep else chunk):
             if recompute and not last_only:
                 boundaries.append(_zero_state(u, a, batch) if carry is None else carry.clone())
-            z = _conv(u[start * batch:stop * batch], b_kernel, padding, work)
-            states = _complex_planes(z, stop - start)
-            _scan_(states, a, carry, start, tangent)  # z becomes the states
-            carry = states[-1]
+            z = _conv(u[start * batch:stop * batch], b_kernel, padding, conv_dtype if low else work)
+            carry = _scan_states_(z, stop - start, a, carry, start, tangent, low)  # z becomes the states
             if not last_only:
                 ys.append(_conv(z, c_kernel, padding, work))
         last = carry.clone()
@@ -124,6 +182,7 @@ class _ConvScanFn(torch.autograd.Function):
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, None, torch.stack(boundaries))
         y = ys[0] if len(ys) == 1 else torch.cat(ys).contiguous(memory_format=torch.channels_last)
         ctx.length, ctx.padding, ctx.last_only, ctx.chunk, ctx.work = length, padding, last_only, chunk, work
+        ctx.low = low
         ctx.set_materialize_grads(False)
         return y, last
 
@@ -134,15 +193,26 @@ class _ConvScanFn(torch.autograd.Function):
             return (None,) * 11
         u, b_kernel, a, c_kernel, h0, read, extra = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work)
+        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low)
         if ctx.last_only:
             g = grads.readout(grad_y, read, 1)
             g = grad_last if g is None else (g[0] if grad_last is None else g[0] + grad_last)
             first = _last_only_backward(grads, g, extra, ctx.length, ctx.chunk)
         else:
-            first = _sequence_backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
+            backward = _sequence_backward_low if ctx.low else _sequence_backward
+            first = backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
         grad_h0 = first * a.conj() if h0 is not None and needs[4] else None
         return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None, None
+
+
+def _scan_states_(z: torch.Tensor, steps: int, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
+                  tangent: torch.Tensor | None, low: bool) -> torch.Tensor:
+    """The B convolution's output ``z`` becomes the states, in place; returns the last state."""
+    if low:
+        return _scan_low_(z, steps, a, carry, first_step, tangent)
+    states = _complex_planes(z, steps)
+    _scan_(states, a, carry, first_step, tangent)
+    return states[-1]
 
 
 def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
@@ -152,27 +222,33 @@ def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
 class _Grads:
     """Gradients of conv_scan's inputs, accumulated chunk by chunk (latest chunk first)."""
 
-    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work):
+    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work, low):
         self.inputs, self.b_kernel, self.a_value, self.c_kernel, self.padding = u, b_kernel, a, c_kernel, padding
-        self.needs, self.work = needs, work
+        self.needs, self.work, self.low = needs, work, low
         self.u = torch.empty_like(u, dtype=work, memory_format=torch.channels_last) if needs[0] else None
         self.b = self.c = None
         self.a = torch.zeros_like(a) if needs[2] else None
 
-    def readout(self, grad_y, states_real, steps):
-        """dL/dh (complex view) from the readout of ``steps`` frames of states, or None."""
+    def readout(self, grad_y, states_real, steps, as_states=True):
+        """dL/dh from the readout of ``steps`` frames of states, or None: a complex view in
+        working precision, or (``as_states=False``, low precision) the channels-last real
+        gradient in the convolutions' dtype."""
         if grad_y is None:
             return None
-        grad, grad_c = _conv_backward(grad_y, states_real, self.c_kernel, self.padding, [True, self.needs[3]])
+        grad, grad_c = _conv_backward(grad_y, states_real, self.c_kernel, self.padding, [True, self.needs[3]],
+                                      self.work, self.work if as_states else self.c_kernel.dtype)
         if grad_c is not None:
             self.c = grad_c if self.c is None else self.c + grad_c
-        return _complex_planes(grad, steps)
+        return _complex_planes(grad, steps) if as_states else grad
 
     def conv_input(self, grad_states, rows):
-        """Back through ``z = B (*) u`` for the frames ``rows`` (a slice)."""
-        grad_real = torch.view_as_real(grad_states).flatten(-2).flatten(0, 1).permute(0, 3, 1, 2)
+        """Back through ``z = B (*) u`` for the frames ``rows`` (a slice); ``grad_states`` is
+        complex or already the channels-last real layout."""
+        grad_real = grad_states
+        if grad_states.is_complex():
+            grad_real = torch.view_as_real(grad_states).flatten(-2).flatten(0, 1).permute(0, 3, 1, 2)
         grad_u, grad_b = _conv_backward(grad_real, self.inputs[rows], self.b_kernel, self.padding,
-                                        [self.needs[0], self.needs[1]])
+                                        [self.needs[0], self.needs[1]], self.work, self.work)
         if grad_u is not None:
             self.u[rows] = grad_u
         if grad_b is not None:
@@ -216,6 +292,37 @@ def _sequence_backward(grads, grad_y, grad_last, states_real, boundaries, h0, le
     return carry_grad
 
 
+def _sequence_backward_low(grads, grad_y, grad_last, states_low, boundaries, h0, length, chunk):
+    """:func:`_sequence_backward` with the states and their gradients kept in the
+    convolutions' low precision and every scan step in working precision (see
+    :func:`_reverse_scan_low_`). Returns dL/dh_0."""
+    a, batch = grads.a_value, grads.inputs.shape[0] // length
+    a_conj, carry_grad = a.conj(), None
+    spans = _chunks(length, chunk)
+    for k in range(len(spans) - 1, -1, -1):
+        start, stop = spans[k]
+        steps, rows = stop - start, slice(start * batch, stop * batch)
+        if states_low is not None:
+            z = states_low[rows]
+            prev = h0 if start == 0 else _complex_planes(states_low[rows.start - batch:rows.start].to(grads.work), 1)[0]
+        else:
+            prev = boundaries[k]
+            z = _conv(grads.inputs[rows], grads.b_kernel, grads.padding, grads.b_kernel.dtype)
+            _scan_low_(z, steps, a, prev, start)
+        grad = grads.readout(None if grad_y is None else grad_y[rows], z, steps, as_states=False)
+        if grad is None:
+            grad = torch.zeros_like(z)
+        first = _reverse_scan_low_(grad, steps, a_conj, carry_grad, grad_last if stop == length else None)
+        if grads.a is not None:  # dL/da = sum_t conj(h_{t-1}) dL/dh_t
+            if steps > 1:
+                grads.a += _conj_dot(_rows(z[:-batch]), _rows(grad[batch:]))
+            if prev is not None:
+                grads.a += _conj_dot(_rows(prev), _rows(first))
+        carry_grad = first
+        grads.conv_input(grad, rows)
+    return carry_grad
+
+
 def _last_only_backward(grads, g, tangent, length, chunk):
     """Only h_{L-1} was read: dL/dh_t = conj(a)^(L-1-t) g, dL/da = conj(dh_{L-1}/da) g.
     Returns dL/dh_0."""
@@ -225,16 +332,31 @@ def _last_only_backward(grads, g, tangent, length, chunk):
         grads.a += _conj_dot(_rows(tangent), _rows(g))
     carry_grad = None
     for start, stop in reversed(_chunks(length, chunk)):
-        grad = torch.empty((stop - start, *g.shape), dtype=g.dtype, device=g.device)
-        if carry_grad is None:
-            grad[-1] = g
-        else:
-            torch.mul(carry_grad, a_conj, out=grad[-1])
-        for t in range(grad.shape[0] - 1, 0, -1):
-            torch.mul(grad[t], a_conj, out=grad[t - 1])
-        carry_grad = grad[0].clone()
+        last = g if carry_grad is None else carry_grad * a_conj
+        grad, carry_grad = _decayed(last, a_conj, stop - start, grads.b_kernel.dtype if grads.low else None)
         grads.conv_input(grad, slice(start * batch, stop * batch))
     return carry_grad
+
+
+def _decayed(last: torch.Tensor, a_conj: torch.Tensor, steps: int, low: torch.dtype | None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g_t = conj(a)^(steps-1-t) last`` for ``steps`` frames, and ``g_0``: complex frames, or
+    with ``low`` channels-last real frames in that dtype, computed one frame at a time."""
+    if low is None:
+        grad = torch.empty((steps, *last.shape), dtype=last.dtype, device=last.device)
+        grad[-1] = last
+        for t in range(steps - 1, 0, -1):
+            torch.mul(grad[t], a_conj, out=grad[t - 1])
+        return grad, grad[0].clone()
+    batch, height, width, p = last.shape
+    grad = torch.empty((steps * batch, 2 * p, height, width), dtype=low, device=last.device,
+                       memory_format=torch.channels_last)
+    frames, current = _frames(grad, steps), last
+    for t in range(steps - 1, -1, -1):
+        frames[t].copy_(torch.view_as_real(current).flatten(-2))
+        if t:
+            current = current * a_conj
+    return grad, current
 
 
 def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor,
@@ -278,8 +400,11 @@ def conv_scan(
         conv_dtype: dtype of the two convolutions and of the input kept for backward. By
             default bf16 inside ``torch.autocast(dtype=torch.bfloat16)`` (mixed precision:
             about twice the convolutions' speed on CPUs with AVX512-BF16), else the working
-            dtype. The scan, the states and all gradients returned stay in fp32 (fp64 for
-            fp64 inputs): a long recurrence in bf16 would lose the decays' precision.
+            dtype. Every scan step (forward and backward) and all gradients returned stay in
+            fp32 (fp64 for fp64 inputs): a long recurrence in bf16 would lose the decays'
+            precision. The states kept for backward, and their gradients between the two
+            convolutions, are stored rounded to ``conv_dtype``, which is what the convolutions
+            read anyway: half the memory of fp32 states and no full-size casts.
 
     Returns:
         ``y`` channels-last ``(L*B, U_out, H, W)`` (``(B, U_out, H, W)`` with ``last_only``) in

@@ -136,3 +136,34 @@ def test_conv_dtype_can_be_set_without_autocast_and_fp64_ignores_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y64, _ = conv_scan(*d[:4], 3, d[4])
     torch.testing.assert_close(y64, conv_scan_reference(*d[:4], 3, d[4])[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 7])
+@pytest.mark.parametrize("chunk, recompute", [(None, False), (1, False), (3, False), (1, True), (3, True)])
+def test_low_precision_path_matches_the_loop(with_h0, last_only, length, chunk, recompute):
+    """The path that keeps states and their gradients in the convolutions' dtype and scans
+    frame by frame in the working one (bf16 under autocast), run here as fp32 convolutions
+    on fp64 inputs: every value and gradient within fp32 rounding of the fp64 loop, so a
+    wrong index or a lost term shows far above the tolerance."""
+    inputs = _inputs(torch.float64, length=length, h0=with_h0, seed=10 + length)
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    refs = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    y, last = conv_scan(*leaves[:4], length, leaves[4], last_only=last_only, chunk=chunk, recompute=recompute,
+                        conv_dtype=torch.float32)
+    y_ref, last_ref = conv_scan_reference(*refs[:4], length, refs[4], last_only=last_only)
+    assert y.dtype == torch.float64 and last.dtype == torch.complex128
+    assert 1e-12 < _relative_error(y, y_ref) < 1e-5  # fp32 rounding is visible: the low path ran
+    assert _relative_error(torch.view_as_real(last), torch.view_as_real(last_ref)) < 1e-5
+    gen = torch.Generator().manual_seed(4)
+    weight_y = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    weight_last = torch.randn(last.shape, generator=gen, dtype=torch.complex128)
+    ((y * weight_y).sum() + (last * weight_last).real.sum()).backward()
+    ((y_ref * weight_y).sum() + (last_ref * weight_last).real.sum()).backward()
+    for got, want in zip(leaves, refs, strict=True):
+        if got is None or want.grad is None:  # (one frame, no h0: the loop never touches a)
+            continue
+        assert got.grad.dtype == got.dtype
+        real = (lambda t: torch.view_as_real(t)) if got.is_complex() else (lambda t: t)
+        assert _relative_error(real(got.grad), real(want.grad)) < 1e-5
