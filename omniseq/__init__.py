@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 # Large CPU tensors on transparent huge pages (PyTorch's own switch, read at torch's first
 # allocation, so it only takes effect when omniseq is imported before torch, as the CLI
-# does). Training steps that allocate and free hundreds of MB each (ConvS5 on a grid) spent
-# a fifth of their CPU time in page faults; 2 MB pages cut that time and did not raise the
+# does). Training steps that allocate and free hundreds of MB each (ConvS5 on a grid) spend
+# a quarter of their CPU time in page faults; 2 MB pages cut that time and do not raise the
 # peak memory (README, "ConvS5 on a 33 x 49 grid"). THP_MEM_ALLOC_ENABLE=0 turns it off.
 if sys.platform.startswith("linux"):
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
