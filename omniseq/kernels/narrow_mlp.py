@@ -12,12 +12,13 @@ backward), for two reasons:
   product computed transposed, ``C`` rows by many columns.
 
 This op runs over blocks of rows small enough for the hidden block to stay in cache, computes
-every product in its fast orientation, and keeps only ``x`` (and the dropout mask as booleans)
-for backward, recomputing the hidden block there (a product of depth ``C``: cheap). It computes
-the same function as the composed modules: the dropout mask is drawn as
-``torch.nn.functional.dropout`` draws it on the CPU (``empty_like(h).bernoulli_(1 - p)`` over
-the whole hidden activation, the same random stream) and kept values get the same float scale
-``1 / (1 - p)``; sums run in another order, so results agree to rounding.
+every product in its fast orientation, carries ``b1`` as a column of ``w1`` against a column of
+ones in ``x`` (its gradient comes out of the weight gradient's product, no per-block sums), and
+keeps only ``x`` (and the dropout noise) for backward, recomputing the hidden block there (a
+product of depth ``C``: cheap). It computes the same function as the composed modules: the
+dropout noise is made as ``torch.nn.functional.dropout`` makes it on the CPU
+(``empty_like(h).bernoulli_(1 - p).div_(1 - p)`` over the whole hidden activation: the same
+random stream, the same values); sums run in another order, so results agree to rounding.
 
 :func:`narrow_mlp_reference` (the composed functional form) is the test oracle. Outside its
 niche (not on the CPU, under autocast, wide inputs or outputs) the op runs the reference; the
@@ -42,70 +43,76 @@ def _block_rows(hidden: int) -> int:
     return max(32, torch.get_num_threads() * BLOCK_ELEMENTS // hidden)
 
 
-def _hidden(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None) -> torch.Tensor:
-    """``relu(x @ w1.T + b1)`` for one block of rows."""
-    h = torch.addmm(b1, x, w1.t()) if b1 is not None else torch.mm(x, w1.t())
-    return h.relu_()
+def _with_bias_column(rows: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None):
+    """``rows`` with a column of ones and ``w1`` with ``b1`` as its last column: the bias becomes part of
+    the product, and its gradient a row of the weight gradient's (no per-block sums)."""
+    if b1 is None:
+        return rows, w1
+    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1), torch.cat([w1, b1[:, None]], 1)
 
 
 class _NarrowMLPFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, p):  # type: ignore[override]
-        rows = x.reshape(-1, x.shape[-1])
+        rows, w1_in = _with_bias_column(x.reshape(-1, x.shape[-1]), w1, b1)
         n, hidden = rows.shape[0], w1.shape[0]
-        keep = scale = None
-        if p > 0:  # one draw over the whole hidden activation, as F.dropout makes it
-            keep = torch.empty(n, hidden, dtype=x.dtype, device=x.device).bernoulli_(1 - p).bool()
-            scale = torch.ones((), dtype=x.dtype, device=x.device).div_(1 - p)
-        out_t = torch.empty(w2.shape[0], n, dtype=x.dtype, device=x.device)  # the output, transposed
         block = _block_rows(hidden)
-        for start in range(0, n, block):
-            stop = min(start + block, n)
-            h = _hidden(rows[start:stop], w1, b1)
-            if keep is not None:
-                h.mul_(keep[start:stop]).mul_(scale)
-            out_t[:, start:stop] = w2 @ h.t()
+        noise = None
+        noise_blocks: list[torch.Tensor | None] = [None] * -(-n // block)
+        if p > 0:  # F.dropout's noise: one draw over the whole hidden activation, kept values 1 / (1 - p)
+            noise = torch.empty(n, hidden, dtype=x.dtype, device=x.device).bernoulli_(1 - p).div_(1 - p)
+            noise_blocks = list(noise.split(block))
+        out_t = torch.empty(w2.shape[0], n, dtype=x.dtype, device=x.device)  # the output, transposed
+        w1_in_t = w1_in.t()
+        for x_block, out_block, noise_block in zip(rows.split(block), out_t.split(block, 1), noise_blocks, strict=True):
+            h = torch.mm(x_block, w1_in_t).relu_()
+            if noise_block is not None:
+                h.mul_(noise_block)
+            torch.mm(w2, h.t(), out=out_block)
         # Row-major like the composed form's output: a later dropout draws its mask in memory order.
         out = torch.empty(n, w2.shape[0], dtype=x.dtype, device=x.device)
         if b2 is not None:
             torch.add(out_t.t(), b2, out=out)
         else:
             out.copy_(out_t.t())
-        ctx.save_for_backward(rows, w1, b1, w2, keep)
-        ctx.scale, ctx.has_b2, ctx.shape = scale, b2 is not None, x.shape
+        ctx.save_for_backward(rows, w1_in, w2, noise)
+        ctx.has_b1, ctx.has_b2, ctx.shape = b1 is not None, b2 is not None, x.shape
         return out.view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        rows, w1, b1, w2, keep = ctx.saved_tensors
+        rows, w1_in, w2, noise = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
-        n, features = rows.shape
-        need_x = ctx.needs_input_grad[0]
-        grad_x_t = torch.empty(features, n, dtype=rows.dtype, device=rows.device) if need_x else None
-        grad_w1_t = torch.zeros(features, w1.shape[0], dtype=w1.dtype, device=w1.device)
-        grad_b1 = torch.zeros_like(b1) if b1 is not None else None
+        n, features = grad_rows.shape[0], ctx.shape[-1]
+        block = _block_rows(w1_in.shape[0])
+        blocks = -(-n // block)
+        grad_x_t = torch.empty(features, n, dtype=rows.dtype, device=rows.device)  # the input's gradient, transposed
+        grad_x_blocks = grad_x_t.split(block, 1) if ctx.needs_input_grad[0] else [None] * blocks
+        noise_blocks = noise.split(block) if noise is not None else [None] * blocks
+        grad_w1_in_t = torch.zeros(w1_in.shape[1], w1_in.shape[0], dtype=rows.dtype, device=rows.device)
         grad_w2 = torch.zeros_like(w2)
-        block = _block_rows(w1.shape[0])
-        for start in range(0, n, block):
-            stop = min(start + block, n)
-            x_block, g_block = rows[start:stop], grad_rows[start:stop]
-            h = _hidden(x_block, w1, b1)
-            grad_h = g_block @ w2
-            if keep is not None:
-                grad_w2.addmm_(g_block.t(), h * keep[start:stop] * ctx.scale)
-                grad_h.mul_(keep[start:stop]).mul_(ctx.scale)
+        w1_in_t, w1_t = w1_in.t(), w1_in[:, :features].t()
+        for x_block, x_block_t, g_block, g_block_t, grad_x_block, noise_block in zip(
+            rows.split(block), rows.t().split(block, 1), grad_rows.split(block), grad_rows.t().split(block, 1),
+            grad_x_blocks, noise_blocks, strict=True,
+        ):
+            h = torch.mm(x_block, w1_in_t).relu_()
+            grad_h = torch.mm(g_block, w2)
+            if noise_block is not None:
+                grad_w2.addmm_(g_block_t, h * noise_block)
+                grad_h.mul_(noise_block)
             else:
-                grad_w2.addmm_(g_block.t(), h)
+                grad_w2.addmm_(g_block_t, h)
             torch.ops.aten.threshold_backward.grad_input(grad_h, h, 0, grad_input=grad_h)
-            grad_w1_t.addmm_(x_block.t(), grad_h)
-            if grad_b1 is not None:
-                grad_b1.add_(grad_h.sum(0))
-            if grad_x_t is not None:
-                grad_x_t[:, start:stop] = w1.t() @ grad_h.t()
-        grad_x = grad_x_t.t().contiguous().view(ctx.shape) if grad_x_t is not None else None
+            grad_w1_in_t.addmm_(x_block_t, grad_h)
+            if grad_x_block is not None:
+                torch.mm(w1_t, grad_h.t(), out=grad_x_block)
+        grad_x = grad_x_t.t().contiguous().view(ctx.shape) if ctx.needs_input_grad[0] else None
+        grad_w1 = grad_w1_in_t[:features].t().contiguous()
+        grad_b1 = grad_w1_in_t[features].clone() if ctx.has_b1 else None
         grad_b2 = grad_rows.sum(0) if ctx.has_b2 else None
-        return grad_x, grad_w1_t.t().contiguous(), grad_b1, grad_w2, grad_b2, None
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, None
 
 
 def narrow_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
