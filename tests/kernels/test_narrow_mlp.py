@@ -42,6 +42,7 @@ def test_values_masks_and_gradients_match_the_modules(block_elements, dtype, tol
     torch.testing.assert_close(torch.rand(3), after, rtol=0, atol=0)
     torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
     assert out.shape == (3, 37, 5) and out.is_contiguous()
+    assert "NarrowMLP" in type(out.grad_fn).__name__  # the fast op ran, not the reference
     upstream = torch.randn(out.shape, generator=gen, dtype=dtype)
     (out * upstream).sum().backward()
     (expected * upstream).sum().backward()
@@ -98,3 +99,22 @@ def test_bad_arguments():
         narrow_mlp(x, w1, b1, w2[:, :5], b2)
     with pytest.raises(ValueError, match=r"dropout p must be in \[0, 1\], got 1.5"):
         narrow_mlp(x, w1, b1, w2, b2, 1.5, True)
+
+
+def test_outside_the_niche_it_is_the_composed_form():
+    """Wide features, bfloat16 and autocast take the reference path: the same values and autograd graph."""
+    gen = torch.Generator().manual_seed(6)
+    wide = torch.randn(2, 5, 40, generator=gen)
+    params = _params(gen, 40, 16, 40, torch.float32)
+    out = narrow_mlp(wide.requires_grad_(), *params)
+    assert "NarrowMLP" not in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, narrow_mlp_reference(wide, *params), rtol=0, atol=0)
+    x = torch.randn(2, 5, 7, generator=gen)
+    narrow = _params(gen, 7, 16, 7, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = narrow_mlp(x, *narrow), narrow_mlp_reference(x, *narrow)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    as_bf16 = [t.bfloat16() for t in narrow]
+    torch.testing.assert_close(narrow_mlp(x.bfloat16(), *as_bf16), narrow_mlp_reference(x.bfloat16(), *as_bf16),
+                               rtol=0, atol=0)
