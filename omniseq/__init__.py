@@ -8,7 +8,6 @@ import sys
 
 __version__ = "0.1.0"
 
-
 # The vision models are timm citizens: `timm.create_model("vig_tiny_patch16_224")` works
 # after `import omniseq`. Registering them needs torch and timm (seconds to import), which
 # `omniseq --help` and `omniseq list` must not pay, so they are registered when timm is
