@@ -172,7 +172,7 @@ def grid_step_child(variant: str, steps: int, threads: int, batch: int) -> None:
 
 
 # (row label, variant, huge pages). Transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE=1)
-# are an opt-in of the environment, not a default: they speed this step but slow ViG-T (README).
+# are an opt-in of the environment, not a default: they cut this step's page-fault time but slow ViG-T (README).
 ROWS = (
     ("before", "before", False),
     ("before, huge pages", "before", True),
