@@ -341,6 +341,25 @@ def test_convert_refuses_a_call_of_an_allowed_module_class(tmp_path, through_rec
     assert not (tmp_path / "new.pt").exists()
 
 
+@pytest.mark.parametrize("plant", ["state_dict_hook", "method_in_instance_dict"])
+def test_convert_runs_no_callable_the_file_put_into_a_module(tmp_path, plant):
+    """An allowed class (here torch.nn.Identity) stored as a hook of a submodule, or in a module's
+    instance dict under a method's name, would be called by state_dict(); it is refused first."""
+    old, _ = old_separator_file(tmp_path, record_settings=True)
+    payload = torch.load(old, weights_only=False)
+    child_name, child = next(iter(payload["model"].named_children()))
+    if plant == "state_dict_hook":
+        child._state_dict_hooks[0] = torch.nn.Identity
+        match = rf"file\['model'\]\.{child_name} holds _state_dict_hooks \(functions to call\)"
+    else:
+        payload["model"].__dict__["state_dict"] = torch.nn.Identity
+        match = r"file\['model'\] replaces the method MaskSeparator\.state_dict with an object from the file"
+    torch.save(payload, old)
+    with pytest.raises(SystemExit, match=match):
+        main(["convert", str(old), str(tmp_path / "new.pt")])
+    assert not (tmp_path / "new.pt").exists()
+
+
 def test_convert_reads_the_legacy_format_through_the_allow_list_too(tmp_path):
     """A file that is not a zip takes torch.load's legacy path, whose first record is
     unpickled with the pickle module's ``load``: that goes through the allow-list as well."""

@@ -6,7 +6,9 @@ file is refused with a message naming this command. Converting unpickles the old
 through an allow-list: omniseq, timm.layers and torch.nn modules, tensors and storages,
 numpy arrays and the pandas date types earlier versions saved. Any other global (a
 function such as ``os.system``, a foreign class) stops the conversion before it is
-called, and a module class is only rebuilt from its saved state, never called. Even so,
+called, a module class is only rebuilt from its saved state, never called, and a rebuilt
+module whose saved state holds hooks or replaces one of its methods is refused before any
+of its methods runs. Even so,
 unpickling is not as safe as reading data (the allowed rebuild functions of numpy,
 pandas and torch take arguments from the file): convert only files you trust. The new file holds tensors, numbers and strings; modules become their
 registered name, settings and weights.
@@ -151,9 +153,27 @@ def _registered_path_name(class_path: str) -> str:
     return names[class_path]
 
 
+def _check_module(module: nn.Module, where: str) -> None:
+    """An unpickled module's instance dict comes from the file, so before any of its methods
+    runs (``state_dict`` below): it may not shadow a method of its class, and it may hold no
+    hooks, whose callables ``state_dict`` and friends would call. Submodules too."""
+    state, cls = vars(module), type(module)
+    for key, value in state.items():
+        if callable(getattr(cls, key, None)):
+            raise ValueError(f"{where} replaces the method {cls.__name__}.{key} with an object from the file, "
+                             "which an omniseq file never did; nothing was run")
+        if "hook" in key and isinstance(value, dict) and value:
+            raise ValueError(f"{where} holds {key} (functions to call), which an omniseq file never did; "
+                             "nothing was run")
+    for name, child in state.get("_modules", {}).items():
+        if isinstance(child, nn.Module):
+            _check_module(child, f"{where}.{name}")
+
+
 def _as_data(value: Any, where: str) -> Any:
     """``value`` with modules as specs and dict subclasses as dicts; anything else that is not data is an error."""
     if isinstance(value, nn.Module):
+        _check_module(value, where)
         name = registered_name(type(value))
         if name is None:
             raise ValueError(f"{where} holds a {type(value).__name__}, which is not a registered omniseq backbone")
