@@ -87,8 +87,10 @@ class _NarrowMLPFn(torch.autograd.Function):
         n, features = grad_rows.shape[0], ctx.shape[-1]
         block = _block_rows(w1_in.shape[0])
         blocks = -(-n // block)
-        grad_x_t = torch.empty(features, n, dtype=rows.dtype, device=rows.device)  # the input's gradient, transposed
-        grad_x_blocks = grad_x_t.split(block, 1) if ctx.needs_input_grad[0] else [None] * blocks
+        need_x = ctx.needs_input_grad[0]
+        # The input's gradient, transposed (only when asked for).
+        grad_x_t = torch.empty(features, n, dtype=rows.dtype, device=rows.device) if need_x else None
+        grad_x_blocks = grad_x_t.split(block, 1) if need_x else [None] * blocks
         noise_blocks = noise.split(block) if noise is not None else [None] * blocks
         grad_w1_in_t = torch.zeros(w1_in.shape[1], w1_in.shape[0], dtype=rows.dtype, device=rows.device)
         grad_w2 = torch.zeros_like(w2)
@@ -108,7 +110,7 @@ class _NarrowMLPFn(torch.autograd.Function):
             grad_w1_in_t.addmm_(x_block_t, grad_h)
             if grad_x_block is not None:
                 torch.mm(w1_t, grad_h.t(), out=grad_x_block)
-        grad_x = grad_x_t.t().contiguous().view(ctx.shape) if ctx.needs_input_grad[0] else None
+        grad_x = grad_x_t.t().contiguous().view(ctx.shape) if need_x else None
         grad_w1 = grad_w1_in_t[:features].t().contiguous()
         grad_b1 = grad_w1_in_t[features].clone() if ctx.has_b1 else None
         grad_b2 = grad_rows.sum(0) if ctx.has_b2 else None

@@ -83,9 +83,13 @@ def test_input_without_gradient_and_no_grad_mode():
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(5, 11, 4, generator=gen)
     params = [t.requires_grad_() for t in _params(gen, 4, 16, 4, torch.float32)]
-    out = narrow_mlp(x, *params, 0.2, True)
-    out.sum().backward()  # only the parameters need gradients
-    assert all(t.grad is not None for t in params)
+    refs = [t.detach().clone().requires_grad_() for t in params]
+    torch.manual_seed(3)
+    narrow_mlp(x, *params, 0.2, True).sum().backward()  # only the parameters need gradients
+    torch.manual_seed(3)  # the same dropout mask
+    narrow_mlp_reference(x, *refs, 0.2, True).sum().backward()
+    for got, want in zip(params, refs, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(narrow_mlp(x, *params), narrow_mlp_reference(x, *params))
 
