@@ -19,6 +19,11 @@ because the generic composition costs memory and time that this layer does not n
   along the forward scan as one extra state, and the gradients of earlier states are
   ``conj(a)^k`` times the last one.
 
+On the CPU the scans (forward, reverse and ``dL/da``) run in a compiled kernel
+(:mod:`omniseq.kernels.cpu.plane_scan`) that carries a block of rows through every step
+with its state in L1, so each frame is read and written once in its storage dtype; the
+PyTorch scans below remain the path elsewhere and with ``backend="torch"``.
+
 :func:`conv_scan_reference` (a loop over frames with complex tensors) is the test oracle.
 """
 
@@ -27,6 +32,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from omniseq.kernels._backend import resolve_backend
+from omniseq.kernels.cpu.plane_scan import plane_scan_forward_, plane_scan_reverse_
 
 __all__ = ["conv_scan", "conv_scan_reference"]
 
@@ -154,7 +162,8 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
 
 class _ConvScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only, chunk, recompute, conv_dtype):  # type: ignore[override]
+    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only, chunk, recompute, conv_dtype,  # type: ignore[override]
+                compiled):
         batch, work = u.shape[0] // length, u.dtype
         # The convolutions (and the input kept for backward) in conv_dtype, the scan in ``work``.
         u, b_kernel, c_kernel = u.to(conv_dtype), b_kernel.to(conv_dtype), c_kernel.to(conv_dtype)
@@ -168,7 +177,7 @@ class _ConvScanFn(torch.autograd.Function):
             if recompute and not last_only:
                 boundaries.append(_zero_state(u, a, batch) if carry is None else carry.clone())
             z = _conv(u[start * batch:stop * batch], b_kernel, padding, conv_dtype if low else work)
-            carry = _scan_states_(z, stop - start, a, carry, start, tangent, low)  # z becomes the states
+            carry = _scan_states_(z, stop - start, a, carry, start, tangent, low, compiled)  # z becomes the states
             if not last_only:
                 ys.append(_conv(z, c_kernel, padding, work))
         last = carry.clone()
@@ -182,7 +191,7 @@ class _ConvScanFn(torch.autograd.Function):
             ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, None, torch.stack(boundaries))
         y = ys[0] if len(ys) == 1 else torch.cat(ys).contiguous(memory_format=torch.channels_last)
         ctx.length, ctx.padding, ctx.last_only, ctx.chunk, ctx.work = length, padding, last_only, chunk, work
-        ctx.low = low
+        ctx.low, ctx.compiled = low, compiled
         ctx.set_materialize_grads(False)
         return y, last
 
@@ -190,24 +199,27 @@ class _ConvScanFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
         if grad_y is None and grad_last is None:
-            return (None,) * 11
+            return (None,) * 12
         u, b_kernel, a, c_kernel, h0, read, extra = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low)
+        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low, ctx.compiled)
         if ctx.last_only:
             g = grads.readout(grad_y, read, 1)
             g = grad_last if g is None else (g[0] if grad_last is None else g[0] + grad_last)
             first = _last_only_backward(grads, g, extra, ctx.length, ctx.chunk)
         else:
-            backward = _sequence_backward_low if ctx.low else _sequence_backward
+            backward = _sequence_backward_compiled if ctx.compiled else (
+                _sequence_backward_low if ctx.low else _sequence_backward)
             first = backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
         grad_h0 = first * a.conj() if h0 is not None and needs[4] else None
-        return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None, None
+        return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None, None, None
 
 
 def _scan_states_(z: torch.Tensor, steps: int, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
-                  tangent: torch.Tensor | None, low: bool) -> torch.Tensor:
+                  tangent: torch.Tensor | None, low: bool, compiled: bool) -> torch.Tensor:
     """The B convolution's output ``z`` becomes the states, in place; returns the last state."""
+    if compiled:
+        return plane_scan_forward_(z, steps, a, carry, tangent, first_step)
     if low:
         return _scan_low_(z, steps, a, carry, first_step, tangent)
     states = _complex_planes(z, steps)
@@ -222,9 +234,10 @@ def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
 class _Grads:
     """Gradients of conv_scan's inputs, accumulated chunk by chunk (latest chunk first)."""
 
-    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work, low):
+    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work, low, compiled):
         self.inputs, self.b_kernel, self.a_value, self.c_kernel, self.padding = u, b_kernel, a, c_kernel, padding
-        self.needs, self.work, self.low = needs, work, low
+        self.needs, self.work, self.low, self.compiled = needs, work, low, compiled
+        self.states_dtype = b_kernel.dtype if low else work  # of the states kept and their gradients
         self.u = torch.empty_like(u, dtype=work, memory_format=torch.channels_last) if needs[0] else None
         self.b = self.c = None
         self.a = torch.zeros_like(a) if needs[2] else None
@@ -323,6 +336,36 @@ def _sequence_backward_low(grads, grad_y, grad_last, states_low, boundaries, h0,
     return carry_grad
 
 
+def _sequence_backward_compiled(grads, grad_y, grad_last, states, boundaries, h0, length, chunk):
+    """:func:`_sequence_backward` (fp32 states) or :func:`_sequence_backward_low` (bf16) with
+    the reverse scan and ``dL/da`` in one pass of the compiled kernel per chunk, in place in
+    the readout's channels-last gradient. Returns dL/dh_0."""
+    a, batch = grads.a_value, grads.inputs.shape[0] // length
+    carry_grad = None
+    spans = _chunks(length, chunk)
+    for k in range(len(spans) - 1, -1, -1):
+        start, stop = spans[k]
+        steps, rows = stop - start, slice(start * batch, stop * batch)
+        if states is not None:
+            z = states[rows]
+            prev = h0 if start == 0 else _complex_planes(states[rows.start - batch:rows.start].to(grads.work), 1)[0]
+        else:
+            prev = boundaries[k]
+            z = _conv(grads.inputs[rows], grads.b_kernel, grads.padding, grads.states_dtype)
+            plane_scan_forward_(z, steps, a, prev, None, start)
+        grad = grads.readout(None if grad_y is None else grad_y[rows], z, steps, as_states=False)
+        has_input = grad is not None
+        if grad is None:
+            grad = torch.empty_like(z)
+        carry_grad, grad_a = plane_scan_reverse_(
+            grad, steps, a, carry_grad, grad_last if stop == length else None, has_input,
+            z if grads.a is not None else None, prev)
+        if grad_a is not None:
+            grads.a += grad_a
+        grads.conv_input(grad, rows)
+    return carry_grad
+
+
 def _last_only_backward(grads, g, tangent, length, chunk):
     """Only h_{L-1} was read: dL/dh_t = conj(a)^(L-1-t) g, dL/da = conj(dh_{L-1}/da) g.
     Returns dL/dh_0."""
@@ -332,6 +375,13 @@ def _last_only_backward(grads, g, tangent, length, chunk):
         grads.a += _conj_dot(_rows(tangent), _rows(g))
     carry_grad = None
     for start, stop in reversed(_chunks(length, chunk)):
+        if grads.compiled:  # g_t = conj(a) g_{t+1} from g_{L-1} = g, straight into the frames
+            grad = torch.empty(((stop - start) * batch, 2 * a.shape[0], *grads.inputs.shape[2:]),
+                               dtype=grads.states_dtype, memory_format=torch.channels_last)
+            carry_grad, _ = plane_scan_reverse_(grad, stop - start, a, carry_grad,
+                                                g if carry_grad is None else None, has_input=False)
+            grads.conv_input(grad, slice(start * batch, stop * batch))
+            continue
         last = g if carry_grad is None else carry_grad * a_conj
         grad, carry_grad = _decayed(last, a_conj, stop - start, grads.b_kernel.dtype if grads.low else None)
         grads.conv_input(grad, slice(start * batch, stop * batch))
@@ -381,7 +431,7 @@ def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: t
 def conv_scan(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
     h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
-    conv_dtype: torch.dtype | None = None,
+    conv_dtype: torch.dtype | None = None, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Readouts ``C (*) h_t`` of ``h_t = a * h_{t-1} + B (*) u_t`` and the last state.
 
@@ -405,6 +455,10 @@ def conv_scan(
             precision. The states kept for backward, and their gradients between the two
             convolutions, are stored rounded to ``conv_dtype``, which is what the convolutions
             read anyway: half the memory of fp32 states and no full-size casts.
+        backend: ``"auto"`` runs the scans (forward and backward) in the compiled CPU kernel
+            (:mod:`omniseq.kernels.cpu.plane_scan`) for fp32 work on the CPU when it builds,
+            else in PyTorch; ``"torch"`` forces the PyTorch scans (see
+            :func:`omniseq.kernels.resolve_backend`).
 
     Returns:
         ``y`` channels-last ``(L*B, U_out, H, W)`` (``(B, U_out, H, W)`` with ``last_only``) in
@@ -419,7 +473,8 @@ def conv_scan(
         y, last = _ConvScanFn.apply(
             u.to(work).contiguous(memory_format=torch.channels_last), b_kernel.to(work), a.to(cplx),
             c_kernel.to(work), None if h0 is None else h0.to(cplx).contiguous(), length,
-            b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute, conv_dtype)
+            b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute, conv_dtype,
+            work == torch.float32 and resolve_backend(backend, u, cpu_kernel="plane_scan") == "cpu")
     return y.to(u.dtype), last
 
 

@@ -6,6 +6,14 @@ import pytest
 import torch
 
 from omniseq.kernels.conv_scan import conv_scan, conv_scan_reference
+from omniseq.kernels.cpu import cpu_kernels_available
+
+
+def _backend(name: str) -> str:
+    """``"cpu"`` (the compiled plane scan) is skipped, saying why, where it cannot be built."""
+    if name == "cpu" and not cpu_kernels_available("plane_scan"):
+        pytest.skip("the compiled plane scan does not build here (no C compiler?)")
+    return name
 
 
 def _inputs(dtype=torch.float64, length=5, batch=2, u_dim=3, p=4, out_dim=2, size=(4, 5), k=3, h0=True, seed=0):
@@ -20,16 +28,19 @@ def _inputs(dtype=torch.float64, length=5, batch=2, u_dim=3, p=4, out_dim=2, siz
     return u, b_kernel, a, c_kernel, state
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("dtype, tol, backend", [(torch.float64, 1e-10, "auto"), (torch.float32, 2e-5, "torch"),
+                                                 (torch.float32, 2e-5, "cpu")])
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("last_only", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 7])
 @pytest.mark.parametrize("chunk, recompute", [(None, False), (1, False), (3, False), (1, True), (3, True)])
-def test_values_and_gradients_match_the_loop(dtype, tol, with_h0, last_only, length, chunk, recompute):
+def test_values_and_gradients_match_the_loop(dtype, tol, backend, with_h0, last_only, length, chunk, recompute):
+    """fp64 (PyTorch scans), and fp32 with the PyTorch scans and with the compiled ones."""
     inputs = _inputs(dtype, length=length, h0=with_h0, seed=length)
     leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
     refs = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
-    y, last = conv_scan(*leaves[:4], length, leaves[4], last_only=last_only, chunk=chunk, recompute=recompute)
+    y, last = conv_scan(*leaves[:4], length, leaves[4], last_only=last_only, chunk=chunk, recompute=recompute,
+                        backend=_backend(backend))
     y_ref, last_ref = conv_scan_reference(*refs[:4], length, refs[4], last_only=last_only)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
@@ -101,16 +112,19 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).norm() / want.double().norm()).item()
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("last_only, recompute", [(False, False), (True, False), (False, True)])
-def test_bf16_autocast_runs_the_convolutions_in_bf16_and_keeps_the_scan_in_fp32(last_only, recompute):
+def test_bf16_autocast_runs_the_convolutions_in_bf16_and_keeps_the_scan_in_fp32(last_only, recompute, backend):
     """Mixed precision: values and all gradients stay within bf16 rounding of the fp64 loop,
-    the returned gradients are fp32, and the result really is the bf16 path (not fp32's)."""
+    the returned gradients are fp32, and the result really is the bf16 path (not fp32's);
+    with the PyTorch scans and with the compiled ones (bf16 frames, fp32 recurrence)."""
     inputs = _inputs(torch.float32, length=6, batch=2, u_dim=8, p=8, out_dim=4, size=(6, 7), seed=5)
     leaves = [t.detach().clone().requires_grad_() for t in inputs]
     refs = [t.detach().double().clone().requires_grad_() if not t.is_complex()
             else t.detach().to(torch.complex128).clone().requires_grad_() for t in inputs]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, last = conv_scan(*leaves[:4], 6, leaves[4], last_only=last_only, chunk=4, recompute=recompute)
+        y, last = conv_scan(*leaves[:4], 6, leaves[4], last_only=last_only, chunk=4, recompute=recompute,
+                            backend=_backend(backend))
     y_fp32, _ = conv_scan(*[t.detach() for t in inputs[:4]], 6, inputs[4], last_only=last_only)
     y_ref, last_ref = conv_scan_reference(*refs[:4], 6, refs[4], last_only=last_only)
     assert y.dtype == torch.float32 and last.dtype == torch.complex64

@@ -52,16 +52,16 @@ def _slices(dim: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
 
 
-def _run(jobs: list) -> None:
+def _run(jobs: list, name: str = "selective_scan") -> None:
     if len(jobs) == 1:
         status = [jobs[0]()]
     else:
         with ThreadPoolExecutor(len(jobs)) as pool:
             status = list(pool.map(lambda job: job(), jobs))
     if any(code == -1 for code in status):
-        raise MemoryError("selective_scan (compiled CPU kernel): could not allocate scratch memory")
+        raise MemoryError(f"{name} (compiled CPU kernel): could not allocate scratch memory")
     if any(code != 0 for code in status):
-        raise ValueError("selective_scan (compiled CPU kernel): the batch is not a multiple of the groups")
+        raise ValueError(f"{name} (compiled CPU kernel): the batch is not a multiple of the groups")
 
 
 def _sizes(u: torch.Tensor, A: torch.Tensor) -> list[ctypes.c_int64]:
