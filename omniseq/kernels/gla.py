@@ -217,14 +217,15 @@ def _chunked_forward(
         x = F.pad(x.to(dtype), (0, 0, 0, 0, 0, pad)) if pad else x.to(dtype)
         return x.transpose(1, 2).reshape(B, H, num_chunks, chunk, x.shape[-1])
 
-    q, k, v, g = to_chunks(q) * scale, to_chunks(k), to_chunks(v), to_chunks(g)
+    q, k, v, g = to_chunks(q), to_chunks(k), to_chunks(v), to_chunks(g)
     if initial_state is None:
         state = torch.zeros(B, H, K, V, dtype=dtype, device=q.device)
     else:
         state = initial_state.to(dtype)
     cum_g = g.cumsum(dim=-2)
     with torch.no_grad():
-        narrow_enough = bool(cum_g.abs().amax() <= _NARROW_GATE_SUM.get(dtype, float("inf")))
+        lowest, highest = torch.aminmax(cum_g)
+        narrow_enough = bool(torch.maximum(-lowest, highest) <= _NARROW_GATE_SUM.get(dtype, float("inf")))
     if not narrow_enough:  # strong gates: sum them in float64 (see the module docstring)
         g = g.to(wide_float(q.device))
         cum_g = g.cumsum(dim=-2)
@@ -232,9 +233,9 @@ def _chunked_forward(
         high, low = cum_g.amax(dim=-2, keepdim=True), cum_g.amin(dim=-2, keepdim=True)
         all_factorable = bool((high - low).amax() <= _FACTOR_SPAN.get(dtype, 0.0))
     if all_factorable:
-        o, state = _forward_factored(q, k, v, cum_g, (high + low) / 2, state)
+        o, state = _forward_factored(q, k, v, cum_g, (high + low) / 2, state, scale)
     else:
-        o, state = _forward_general(q, k, v, g, cum_g, state)
+        o, state = _forward_general(q * scale, k, v, g, cum_g, state)
     o = o.reshape(B, H, num_chunks * chunk, V)[:, :, :L].transpose(1, 2)
     return o.to(out_dtype), state
 
@@ -247,11 +248,30 @@ def _scan_states(
     chunk_decay ``(B, H, N, K, 1)`` is ``exp`` of the chunk's total log gate,
     chunk_update ``(B, H, N, K, V)`` the chunk's keys and values decayed to its end.
     """
+    if not _needs_graph(chunk_decay, chunk_update, state):
+        return _scan_states_inplace(chunk_decay, chunk_update, state)
     states_in = []
     for n in range(chunk_update.shape[2]):
         states_in.append(state)
         state = chunk_decay[:, :, n] * state + chunk_update[:, :, n]
     return torch.stack(states_in, dim=2), state
+
+
+def _needs_graph(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _scan_states_inplace(
+    chunk_decay: torch.Tensor, chunk_update: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_scan_states` without autograd: one fused op per chunk, written in place
+    into one ``(B, H, N + 1, K, V)`` buffer (no list of states and no final stack)."""
+    B, H, N, K, V = chunk_update.shape
+    states = chunk_update.new_empty(B, H, N + 1, K, V)
+    states[:, :, 0].copy_(state)
+    for n in range(N):
+        torch.addcmul(chunk_update[:, :, n], chunk_decay[:, :, n], states[:, :, n], out=states[:, :, n + 1])
+    return states[:, :, :N], states[:, :, N]
 
 
 def _forward_factored(
@@ -261,6 +281,7 @@ def _forward_factored(
     cum_g: torch.Tensor,
     centre: torch.Tensor,
     state: torch.Tensor,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked GLA when every chunk factors around its mid-range ``centre`` (usual case).
 
@@ -268,6 +289,7 @@ def _forward_factored(
     ``exp(+-span/2)``; one ``exp`` pass serves the intra-chunk matmul, the
     state read ``exp(G_i)`` and the state update ``exp(G_last - G_j)``.
     Tensors are ``(B, H, N, C, *)``; ``cum_g`` and ``centre`` may be wider (float64).
+    The query ``scale`` is applied inside the two products that read queries.
     """
     C = q.shape[-2]
     decay = _exp(cum_g - centre, q.dtype)
@@ -276,10 +298,17 @@ def _forward_factored(
     to_end = _exp(last - centre, q.dtype).transpose(-1, -2)  # (B, H, N, K, 1), <= 1
     chunk_update = (k_grown.transpose(-1, -2) @ v) * to_end
     states_in, state = _scan_states(_exp(last, q.dtype).transpose(-1, -2), chunk_update, state)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    scores = (q_decayed @ k_grown.transpose(-1, -2)).masked_fill(~causal, 0.0)
-    o = scores @ v + q_decayed @ (states_in * _exp(centre, q.dtype).transpose(-1, -2))
-    return o, state
+    anticausal = torch.ones(C, C, dtype=torch.bool, device=q.device).triu(1)
+    # In place on the fresh product (bmm's backward needs only its inputs), and the
+    # inter-chunk part added inside the second matmul: two passes fewer over (C, C).
+    scores = (q_decayed @ k_grown.transpose(-1, -2)).masked_fill_(anticausal, 0.0)
+    states_read = (states_in * _exp(centre, q.dtype).transpose(-1, -2)).flatten(0, 2)
+    # o = scale * (q_decayed @ states_read) + scale * (scores @ v), accumulated in place
+    # (the products' backward needs only their inputs); beta = 0 ignores ``unused``.
+    unused = q.new_zeros(1, 1, 1).expand(states_read.shape[0], C, v.shape[-1])
+    o = torch.baddbmm(unused, q_decayed.flatten(0, 2), states_read, beta=0.0, alpha=scale)
+    o.baddbmm_(scores.flatten(0, 2), v.flatten(0, 2), alpha=scale)
+    return o.view(*q.shape[:-1], v.shape[-1]), state
 
 
 def _forward_general(
