@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from timm.layers import DropPath, GluMlp, LayerScale, Mlp, SwiGLUPacked
+from timm.layers import DropPath, GluMlp, LayerScale, Mlp
 from torch import nn
 
 from omniseq.backbones.mixers import build_mixer
 from omniseq.backbones.norms import FastRmsNorm
+from omniseq.kernels.glu_mlp import glu_mlp_inference
 
 NormName = Literal["layernorm", "rmsnorm"]
 ChannelMixer = Literal["mlp", "glu", "swiglu", "none"]
@@ -37,8 +38,33 @@ def make_channel_mixer(
         return GluMlp(dim, 2 * hidden, act_layer=nn.SiLU, drop=drop)
     if kind == "swiglu":
         # GLA's / ViG's MLP: one bias-free fc1 whose first half is the SiLU gate.
-        return SwiGLUPacked(dim, 2 * hidden, bias=False, drop=drop)
+        return PackedSwiGLU(dim, 2 * hidden, bias=False, drop=drop)
     raise ValueError(f"channel mixer must be 'mlp', 'glu' or 'swiglu' (or 'none' in Block), got {kind!r}")
+
+
+class PackedSwiGLU(GluMlp):
+    """timm's ``SwiGLUPacked`` (same parameters and keys); without autograd on the CPU it
+    runs :func:`omniseq.kernels.glu_mlp.glu_mlp_inference`, token blocks that stay in cache."""
+
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = True, drop: float = 0.0) -> None:
+        super().__init__(in_features, hidden_features, act_layer=nn.SiLU, bias=bias, drop=drop, gate_last=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, fc2 = self.fc1, self.fc2
+        inference = not torch.is_grad_enabled() or not (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        if (
+            not inference or x.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+            or not isinstance(self.norm, nn.Identity) or (self.training and self.drop1.p + self.drop2.p > 0)
+            or x.dtype != fc1.weight.dtype
+        ):
+            return super().forward(x)
+        return glu_mlp_inference(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, _silu_)
+
+
+def _silu_(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.silu(x, inplace=True)
 
 
 class Block(nn.Module):
