@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omniseq.backbones.mixers import build_mixer
 
@@ -70,3 +71,35 @@ def test_fast_rms_norm_equals_timms_and_keeps_gradients(dtype, tol):
     grad_ref = torch.autograd.grad(reference(x).sum(), [x, reference.weight])
     for a, b in zip(grad_fast, grad_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sigmoid_equals_torchs_with_gradients(dtype):
+    from omniseq.backbones.mixers.vig import log_sigmoid
+
+    z = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.linspace(-60, 60, 24001), torch.tensor([-20.0, -40.0])])
+    z = z.to(dtype)
+    exact = F.logsigmoid(z.double())
+    with torch.no_grad():
+        fast = log_sigmoid(z)
+    # within a few ulps of 1 absolute (sigmoid rounds near 1), and relative where |z| is large
+    tol = 8 * torch.finfo(dtype).eps
+    assert ((fast.double() - exact).abs() <= tol * exact.abs().clamp(min=1.0)).all()
+    z.requires_grad_(True)
+    out = log_sigmoid(z)
+    torch.testing.assert_close(out.detach(), fast, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(out.sum(), z)
+    torch.testing.assert_close(grad.double(), torch.sigmoid(-z.detach().double()), rtol=0, atol=tol)
+
+
+def test_many_chunks_without_autograd_equal_the_loop_reference():
+    """A 32 x 40 grid (20 chunks of the kernel): the no-grad fast paths (in-place state
+    scan, fused products) against the token-by-token loop, fp64 and fp32."""
+    torch.manual_seed(1)
+    mixer = build_mixer("vig", 24, num_heads=3, out_act=True).double()
+    with torch.no_grad():
+        mixer.gk_proj[1].bias.uniform_(-4.0, 4.0)
+        x = torch.randn(2, 32 * 40, 24, dtype=torch.float64)
+        ref = mixer.forward_reference(x, (32, 40))
+        torch.testing.assert_close(mixer(x, (32, 40)), ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(mixer.float()(x.float(), (32, 40)), ref.float(), rtol=2e-5, atol=2e-5)
