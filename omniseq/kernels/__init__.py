@@ -14,6 +14,10 @@ from omniseq.kernels.gla import (
     gated_linear_attention_recurrent,
     gated_linear_attention_reference,
 )
+from omniseq.kernels.gla_bidirectional import (
+    bidirectional_gated_linear_attention,
+    bidirectional_gated_linear_attention_reference,
+)
 from omniseq.kernels.linear_scan import linear_scan, linear_scan_reference
 from omniseq.kernels.selective_scan import selective_scan, selective_scan_reference
 from omniseq.kernels.ssm_conv import (
@@ -31,6 +35,8 @@ from omniseq.kernels.window import (
 __all__ = [
     "attention",
     "attention_reference",
+    "bidirectional_gated_linear_attention",
+    "bidirectional_gated_linear_attention_reference",
     "fft_conv",
     "fft_conv_reference",
     "gated_linear_attention",

@@ -11,9 +11,9 @@ hustvl/ViG's ``GatedLinearAttention`` so its checkpoints load after renaming
     gate = sigmoid(g_proj(xs))
     y = o_proj(act_out(g_norm(o) * gate + l_norm(xs) * (1 - gate)))   (per head)
 
-Both directions run as one batch of ``2B`` sequences (the backward one flipped),
-as ViG's own kernel does; ``forward_reference`` runs each direction token by
-token (the recurrent loop), the test oracle.
+Both directions run in one chunked pass over the shared ``q, k, v``
+(:func:`~omniseq.kernels.gla_bidirectional.bidirectional_gated_linear_attention`);
+``forward_reference`` runs each direction token by token (the recurrent loop), the test oracle.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 
 from omniseq.backbones.mixers.registry import Mixer, register_mixer
 from omniseq.backbones.norms import FastRmsNorm
-from omniseq.kernels import gated_linear_attention, gated_linear_attention_recurrent
+from omniseq.kernels import bidirectional_gated_linear_attention, gated_linear_attention_recurrent
 
 __all__ = ["ViGMixer"]
 
@@ -120,18 +120,10 @@ class ViGMixer(Mixer):
     def forward(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
         self.check_input(x)
         xs, q, k, v, g_f, g_b = self._project(x, grid)
-        B = x.shape[0]
-        # One kernel call for both directions: the backward pass is the forward
-        # recurrence on the flipped sequence, stacked on the batch. The stack is
-        # written head-major (2B, H, L, *) so that the kernel's chunking is a view.
-        stacked = [_stack_directions(f, b) for f, b in ((q, q), (k, k), (v, v), (g_f, g_b))]
+        # Both directions in one chunked pass over the same q, k, v (no flipped copies);
         # o is linear in q: the mean of the two directions is folded into the query scale.
-        o, _ = gated_linear_attention(*stacked, scale=0.5 * self.head_k_dim**-0.5)
-        # o is a view of a head-major (2B, H, L, V) tensor: sum the directions there,
-        # then store sequence-major once for the norms and the output projection.
-        head_major = o.transpose(1, 2)
-        both = (head_major[:B] + head_major[B:].flip(2)).transpose(1, 2).contiguous()
-        return self._mix(xs, both)
+        o = bidirectional_gated_linear_attention(q, k, v, g_f, g_b, scale=0.5 * self.head_k_dim**-0.5)
+        return self._mix(xs, o.contiguous())
 
     def forward_reference(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
         """Each direction token by token (the recurrent GLA loop): the oracle of ``forward``."""
@@ -140,6 +132,7 @@ class ViGMixer(Mixer):
         o_f, _ = gated_linear_attention_recurrent(q, k, v, g_f)
         o_b, _ = gated_linear_attention_recurrent(q, k, v, g_b, reverse=True)
         return self._mix(xs, (o_f + o_b) / 2)
+
 
 # Below this, log sigmoid(z) = z - log1p(exp(z)) is z to the dtype's precision (exp(z) / |z|
 # under its epsilon), and sigmoid(z) would soon underflow.
@@ -159,13 +152,3 @@ def log_sigmoid(z: torch.Tensor) -> torch.Tensor:
         return torch.where(z <= linear_below, z, torch.sigmoid(z.clamp(min=linear_below)).log())
     out = torch.sigmoid(z).log_()
     return torch.where(z <= linear_below, z, out, out=out)
-
-
-def _stack_directions(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
-    """``(B, L, H, D)`` x2 -> ``(2B, L, H, D)``: ``forward`` then ``backward`` flipped in
-    time, stored head-major (a transposed view of a contiguous ``(2B, H, L, D)``)."""
-    B, L, H, D = forward.shape
-    out = forward.new_empty(2 * B, H, L, D)
-    out[:B].copy_(forward.transpose(1, 2))
-    out[B:].copy_(backward.transpose(1, 2).flip(2))
-    return out.transpose(1, 2)
