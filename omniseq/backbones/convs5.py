@@ -48,6 +48,26 @@ def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
+class _LastFrames(torch.autograd.Function):
+    """``frames[-count:]`` whose gradient comes back in the frames' memory format: a plain
+    slice's backward returns a contiguous (NCHW) tensor, which would turn every gradient
+    upstream of the last block NCHW and make each channels-last op reorder it."""
+
+    @staticmethod
+    def forward(ctx, frames, count):  # type: ignore[override]
+        ctx.shape, ctx.count = frames.shape, count
+        ctx.channels_last = frames.is_contiguous(memory_format=torch.channels_last)
+        return frames[-count:]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        full = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        full[:-ctx.count].zero_()
+        full[-ctx.count:] = grad
+        return full, None
+
+
 class ConvS5Layer(nn.Module):
     """One ConvS5 state space layer: ``(B, T, U, H, W) -> (B, T, U, H, W)``.
 
@@ -130,9 +150,8 @@ class ConvS5Layer(nn.Module):
         c_kernel = torch.stack([self.C[0], -self.C[1]], dim=2).flatten(1, 2)
         h0 = None if state is None else state.permute(0, 2, 3, 1)
         y, last = conv_scan(frames, b_kernel, Abar, c_kernel, length, h0, last_only,
-                            recompute=self.recompute_states and self.training)
-        skip = frames[-(frames.shape[0] // length):] if last_only else frames
-        return torch.addcmul(y, self.D.to(y.dtype)[:, None, None], skip), last.permute(0, 3, 1, 2)
+                            recompute=self.recompute_states and self.training, d=self.D)
+        return y, last.permute(0, 3, 1, 2)
 
     def init_state(self, batch_size: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.zeros(batch_size, self.state_dim, height, width,
@@ -179,7 +198,7 @@ class ConvS5Block(nn.Module):
         self, u: torch.Tensor, length: int, state: torch.Tensor | None, last_only: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         y, last = self.ssm.forward_frames(self.norm(u), length, state, last_only)
-        skip = u[-(u.shape[0] // length):] if last_only else u
+        skip = _LastFrames.apply(u, u.shape[0] // length) if last_only else u
         return skip + self._branch_out(y), last
 
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,9 +162,13 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
 
 class _ConvScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, b_kernel, a, c_kernel, h0, length, padding, last_only, chunk, recompute, conv_dtype,  # type: ignore[override]
-                compiled):
-        batch, work = u.shape[0] // length, u.dtype
+    def forward(ctx, u, b_kernel, a, c_kernel, d, h0, length, padding, last_only, chunk, recompute,  # type: ignore[override]
+                conv_dtype, compiled):
+        batch, in_dtype = u.shape[0] // length, u.dtype
+        work = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+        # The readout comes out in the input's dtype when the convolutions run in it (bf16 frames
+        # under autocast): no fp32 round trip of the output.
+        out_dtype = in_dtype if in_dtype == conv_dtype else work
         # The convolutions (and the input kept for backward) in conv_dtype, the scan in ``work``.
         u, b_kernel, c_kernel = u.to(conv_dtype), b_kernel.to(conv_dtype), c_kernel.to(conv_dtype)
         keep = not (last_only or recompute)  # the whole state sequence is kept for backward
@@ -179,19 +183,22 @@ class _ConvScanFn(torch.autograd.Function):
             z = _conv(u[start * batch:stop * batch], b_kernel, padding, conv_dtype if low else work)
             carry = _scan_states_(z, stop - start, a, carry, start, tangent, low, compiled)  # z becomes the states
             if not last_only:
-                ys.append(_conv(z, c_kernel, padding, work))
+                ys.append(_conv(z, c_kernel, padding, out_dtype))
         last = carry.clone()
         if last_only:
             read = z[-batch:].clone()  # the last frame's states; the sequence is freed
-            ys.append(_conv(read, c_kernel, padding, work))
-            ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, read, tangent)
+            ys.append(_conv(read, c_kernel, padding, out_dtype))
+            ctx.save_for_backward(u, b_kernel, a, c_kernel, d, h0, read, tangent)
         elif keep:
-            ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, z, None)
+            ctx.save_for_backward(u, b_kernel, a, c_kernel, d, h0, z, None)
         else:
-            ctx.save_for_backward(u, b_kernel, a, c_kernel, h0, None, torch.stack(boundaries))
+            ctx.save_for_backward(u, b_kernel, a, c_kernel, d, h0, None, torch.stack(boundaries))
         y = ys[0] if len(ys) == 1 else torch.cat(ys).contiguous(memory_format=torch.channels_last)
+        if d is not None:  # + D u, in place (the input kept for backward serves its gradient too);
+            # D in y's dtype: a mixed-dtype addcmul_ would copy y to fp32 and back
+            y.addcmul_(d.to(y.dtype)[:, None, None], u[-batch:] if last_only else u)
         ctx.length, ctx.padding, ctx.last_only, ctx.chunk, ctx.work = length, padding, last_only, chunk, work
-        ctx.low, ctx.compiled = low, compiled
+        ctx.low, ctx.compiled, ctx.in_dtype = low, compiled, in_dtype
         ctx.set_materialize_grads(False)
         return y, last
 
@@ -199,10 +206,10 @@ class _ConvScanFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
         if grad_y is None and grad_last is None:
-            return (None,) * 12
-        u, b_kernel, a, c_kernel, h0, read, extra = ctx.saved_tensors
+            return (None,) * 13
+        u, b_kernel, a, c_kernel, d, h0, read, extra = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low, ctx.compiled)
+        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low, ctx.compiled, ctx.in_dtype)
         if ctx.last_only:
             g = grads.readout(grad_y, read, 1)
             g = grad_last if g is None else (g[0] if grad_last is None else g[0] + grad_last)
@@ -211,8 +218,9 @@ class _ConvScanFn(torch.autograd.Function):
             backward = _sequence_backward_compiled if ctx.compiled else (
                 _sequence_backward_low if ctx.low else _sequence_backward)
             first = backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
-        grad_h0 = first * a.conj() if h0 is not None and needs[4] else None
-        return grads.u, grads.b, grads.a, grads.c, grad_h0, None, None, None, None, None, None, None
+        grad_h0 = first * a.conj() if h0 is not None and needs[5] else None
+        grad_d = None if d is None else grads.skip(grad_y, d, u[-(u.shape[0] // ctx.length):] if ctx.last_only else u)
+        return grads.u, grads.b, grads.a, grads.c, grad_d, grad_h0, None, None, None, None, None, None, None
 
 
 def _scan_states_(z: torch.Tensor, steps: int, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
@@ -234,11 +242,11 @@ def _zero_state(u: torch.Tensor, a: torch.Tensor, batch: int) -> torch.Tensor:
 class _Grads:
     """Gradients of conv_scan's inputs, accumulated chunk by chunk (latest chunk first)."""
 
-    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work, low, compiled):
+    def __init__(self, u, b_kernel, a, c_kernel, padding, needs, work, low, compiled, in_dtype):
         self.inputs, self.b_kernel, self.a_value, self.c_kernel, self.padding = u, b_kernel, a, c_kernel, padding
         self.needs, self.work, self.low, self.compiled = needs, work, low, compiled
         self.states_dtype = b_kernel.dtype if low else work  # of the states kept and their gradients
-        self.u = torch.empty_like(u, dtype=work, memory_format=torch.channels_last) if needs[0] else None
+        self.u = torch.empty_like(u, dtype=in_dtype, memory_format=torch.channels_last) if needs[0] else None
         self.b = self.c = None
         self.a = torch.zeros_like(a) if needs[2] else None
 
@@ -254,6 +262,20 @@ class _Grads:
             self.c = grad_c if self.c is None else self.c + grad_c
         return _complex_planes(grad, steps) if as_states else grad
 
+    def skip(self, grad_y, d, inputs):
+        """Back through ``+ D u`` for the frames ``inputs`` (the last ones of u): adds to u's
+        gradient and returns D's (or None)."""
+        if grad_y is None:
+            return torch.zeros_like(d) if self.needs[4] else None
+        if self.u is not None:
+            self.u[-inputs.shape[0]:].addcmul_(grad_y.to(self.u.dtype), d.to(self.u.dtype)[:, None, None])
+        if not self.needs[4]:
+            return None
+        # sum over frames and cells of grad * u per channel: the diagonal of a U x U product
+        # (no temporary of the frames' size)
+        rows = _rows(grad_y)
+        return (rows.T @ _rows(inputs).to(rows.dtype)).diagonal().to(d.dtype)
+
     def conv_input(self, grad_states, rows):
         """Back through ``z = B (*) u`` for the frames ``rows`` (a slice); ``grad_states`` is
         complex or already the channels-last real layout."""
@@ -261,7 +283,8 @@ class _Grads:
         if grad_states.is_complex():
             grad_real = torch.view_as_real(grad_states).flatten(-2).flatten(0, 1).permute(0, 3, 1, 2)
         grad_u, grad_b = _conv_backward(grad_real, self.inputs[rows], self.b_kernel, self.padding,
-                                        [self.needs[0], self.needs[1]], self.work, self.work)
+                                        [self.needs[0], self.needs[1]], self.work,
+                                        self.work if self.u is None else self.u.dtype)
         if grad_u is not None:
             self.u[rows] = grad_u
         if grad_b is not None:
@@ -410,7 +433,7 @@ def _decayed(last: torch.Tensor, a_conj: torch.Tensor, steps: int, low: torch.dt
 
 
 def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor,
-           h0: torch.Tensor | None, length: int, chunk: int | None) -> None:
+           h0: torch.Tensor | None, length: int, chunk: int | None, d: torch.Tensor | None = None) -> None:
     if chunk is not None and chunk <= 0:
         raise ValueError(f"conv_scan: chunk must be a positive number of time steps, got {chunk}")
     p = a.shape[0] if a.dim() == 1 else -1
@@ -423,6 +446,9 @@ def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: t
                          f"got {tuple(b_kernel.shape)}")
     if c_kernel.dim() != 4 or c_kernel.shape[1] != 2 * p:
         raise ValueError(f"conv_scan: c_kernel must be (U_out, 2P, k, k) with 2P = {2 * p}, got {tuple(c_kernel.shape)}")
+    if d is not None and (d.shape != (u.shape[1],) or c_kernel.shape[0] != u.shape[1]):
+        raise ValueError(f"conv_scan: d must be ({u.shape[1]},), one skip weight per input channel, with as many "
+                         f"output channels; got d {tuple(d.shape)} and {c_kernel.shape[0]} output channels")
     state_shape = (u.shape[0] // length, *u.shape[2:], p)
     if h0 is not None and tuple(h0.shape) != state_shape:
         raise ValueError(f"conv_scan: h0 must be (B, H, W, P) = {state_shape}, got {tuple(h0.shape)}")
@@ -431,9 +457,9 @@ def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: t
 def conv_scan(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
     h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
-    conv_dtype: torch.dtype | None = None, backend: str = "auto",
+    conv_dtype: torch.dtype | None = None, backend: str = "auto", d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Readouts ``C (*) h_t`` of ``h_t = a * h_{t-1} + B (*) u_t`` and the last state.
+    """Readouts ``C (*) h_t (+ D u_t)`` of ``h_t = a * h_{t-1} + B (*) u_t`` and the last state.
 
     Args:
         u: time-major frames ``(L*B, U, H, W)`` (frame ``t*B + b``), real.
@@ -459,20 +485,24 @@ def conv_scan(
             (:mod:`omniseq.kernels.cpu.plane_scan`) for fp32 work on the CPU when it builds,
             else in PyTorch; ``"torch"`` forces the PyTorch scans (see
             :func:`omniseq.kernels.resolve_backend`).
+        d: ``(U,)`` per-channel skip weights (needs ``U_out == U``): ``+ D u_t`` is added in
+            place to each readout, and its backward reads the input kept anyway (rounded to
+            ``conv_dtype``), so the skip keeps no tensor of its own.
 
     Returns:
         ``y`` channels-last ``(L*B, U_out, H, W)`` (``(B, U_out, H, W)`` with ``last_only``) in
-        ``u``'s dtype (half precision is computed in fp32), and the last state ``(B, H, W, P)``.
+        ``u``'s dtype (half precision is computed in fp32 unless the convolutions run in it),
+        and the last state ``(B, H, W, P)``.
     """
-    _check(u, b_kernel, a, c_kernel, h0, length, chunk)
+    _check(u, b_kernel, a, c_kernel, h0, length, chunk, d)
     work = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     cplx = torch.complex128 if work == torch.float64 else torch.complex64
     if conv_dtype is None:
         conv_dtype = _autocast_conv_dtype(u.device.type) if work == torch.float32 else work
     with torch.autocast(u.device.type, enabled=False):
         y, last = _ConvScanFn.apply(
-            u.to(work).contiguous(memory_format=torch.channels_last), b_kernel.to(work), a.to(cplx),
-            c_kernel.to(work), None if h0 is None else h0.to(cplx).contiguous(), length,
+            u.contiguous(memory_format=torch.channels_last), b_kernel.to(work), a.to(cplx), c_kernel.to(work),
+            None if d is None else d.to(work), None if h0 is None else h0.to(cplx).contiguous(), length,
             b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute, conv_dtype,
             work == torch.float32 and resolve_backend(backend, u, cpu_kernel="plane_scan") == "cpu")
     return y.to(u.dtype), last
@@ -490,10 +520,11 @@ def _autocast_conv_dtype(device_type: str) -> torch.dtype:
 def conv_scan_reference(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
     h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
+    d: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame-by-frame loop with complex states and complex kernels; the test oracle
     (``chunk`` and ``recompute`` change how :func:`conv_scan` computes, not what)."""
-    _check(u, b_kernel, a, c_kernel, h0, length, chunk)
+    _check(u, b_kernel, a, c_kernel, h0, length, chunk, d)
     pad = b_kernel.shape[-1] // 2
     b_complex = torch.complex(b_kernel[0::2], b_kernel[1::2])  # (P, U, k, k)
     frames = u.unflatten(0, (length, -1))
@@ -503,6 +534,7 @@ def conv_scan_reference(
         z = F.conv2d(frames[t].to(b_complex.dtype), b_complex, padding=pad)
         state = z if state is None else a[:, None, None] * state + z
         real = torch.view_as_real(state.permute(0, 2, 3, 1)).flatten(-2).permute(0, 3, 1, 2)
-        outputs.append(F.conv2d(real, c_kernel, padding=pad))
+        y_t = F.conv2d(real, c_kernel, padding=pad)
+        outputs.append(y_t if d is None else y_t + d[:, None, None] * frames[t])
     y = outputs[-1] if last_only else torch.cat(outputs)
     return y, state.permute(0, 2, 3, 1)

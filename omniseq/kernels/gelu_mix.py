@@ -6,6 +6,8 @@ the 1x1 convolution's input (GELU's output) and dropout's mask as floats. This o
 pass). The mask is drawn exactly as ``torch.nn.functional.dropout`` draws it on CPU and
 GPU alike (``empty_like(x).bernoulli_(1 - p)``, the same random stream) and the kept values
 are scaled by the same float ``1 / (1 - p)``, so outputs and training runs are unchanged.
+Under autocast with ``v`` already in the autocast dtype (bf16 frames from ConvS5's scan) the
+op runs as autocast runs the composed form: GELU and the convolution in that dtype.
 
 :func:`gelu_mix_dropout_reference` (the modules' functional composition) is the test oracle.
 """
@@ -22,14 +24,18 @@ __all__ = ["gelu_mix_dropout", "gelu_mix_dropout_reference"]
 class _GeluMixDropoutFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, weight, bias, p):  # type: ignore[override]
+        # The convolution in v's dtype (bf16 under autocast, as autocast would run it); the
+        # parameters' gradients come back in their own dtype.
+        ctx.param_dtype = weight.dtype
+        weight, bias = weight.to(v.dtype), None if bias is None else bias.to(v.dtype)
         out = F.conv2d(F.gelu(v), weight, bias)
         keep = None
         if p > 0:
             noise = torch.empty_like(out).bernoulli_(1 - p)  # as F.dropout draws it
             keep = noise.bool()
-            del noise
             scale = torch.ones((), dtype=out.dtype, device=out.device).div_(1 - p)
-            out.mul_(keep).mul_(scale)
+            out.mul_(noise).mul_(scale)  # (noise is 0/1 in out's dtype: no cast of the mask)
+            del noise
             ctx.scale = scale
         ctx.save_for_backward(v, weight, keep)
         ctx.has_bias = bias is not None
@@ -39,15 +45,17 @@ class _GeluMixDropoutFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         v, weight, keep = ctx.saved_tensors
-        if keep is not None:
-            grad_out = (grad_out * keep).mul_(ctx.scale)
+        if keep is not None:  # selecting by the mask, not multiplying by it, casts no mask (and,
+            # unlike masked_fill, keeps a channels-last gradient channels-last)
+            grad_out = torch.where(keep, grad_out, grad_out.new_zeros(())).mul_(ctx.scale)
         needs = ctx.needs_input_grad
         grad_g, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, F.gelu(v), weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [0, 0], [1, 1],
+            grad_out.to(v.dtype), F.gelu(v), weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [0, 0], [1, 1],
             False, [0, 0], 1, [needs[0], needs[1], needs[2] and ctx.has_bias])
         del grad_out
         if grad_g is not None:  # in place: one full-size temporary fewer at the peak of backward
             torch.ops.aten.gelu_backward.grad_input(grad_g, v, grad_input=grad_g)
+        grad_w, grad_b = (None if g is None else g.to(ctx.param_dtype) for g in (grad_w, grad_b))
         return grad_g, grad_w, grad_b, None
 
 
@@ -58,12 +66,21 @@ def gelu_mix_dropout(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise ValueError(f"gelu_mix_dropout: weight must be a 1x1 kernel (C_out, C_in, 1, 1), got {tuple(weight.shape)}")
     if not 0 <= p < 1:
         raise ValueError(f"gelu_mix_dropout: dropout p must be in [0, 1), got {p}")
-    if not torch.is_grad_enabled() or torch.is_autocast_enabled(v.device.type):
+    if not torch.is_grad_enabled():
         return gelu_mix_dropout_reference(v, weight, bias, p, training)
+    device = v.device.type
+    if torch.is_autocast_enabled(device):
+        if v.dtype != torch.get_autocast_dtype(device):  # (fp32 v: autocast's GELU would run in fp32)
+            return gelu_mix_dropout_reference(v, weight, bias, p, training)
+        # v already in the autocast dtype: the composed form would run GELU and the convolution in
+        # it, which is what the op does with the weights cast, so it keeps its small saved state.
+        with torch.autocast(device, enabled=False):
+            return _GeluMixDropoutFn.apply(v, weight, bias, p if training else 0.0)
     return _GeluMixDropoutFn.apply(v, weight, bias, p if training else 0.0)
 
 
 def gelu_mix_dropout_reference(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, p: float,
                                training: bool) -> torch.Tensor:
-    """The composed functional form; the test oracle (and the path without autograd or under autocast)."""
+    """The composed functional form; the test oracle (and the path without autograd, or under
+    autocast with ``v`` in another dtype)."""
     return F.dropout(F.conv2d(F.gelu(v), weight, bias), p, training)

@@ -181,3 +181,61 @@ def test_low_precision_path_matches_the_loop(with_h0, last_only, length, chunk, 
         assert got.grad.dtype == got.dtype
         real = (lambda t: torch.view_as_real(t)) if got.is_complex() else (lambda t: t)
         assert _relative_error(real(got.grad), real(want.grad)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype, tol, backend", [(torch.float64, 1e-10, "auto"), (torch.float32, 2e-5, "torch"),
+                                                 (torch.float32, 2e-5, "cpu")])
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("chunk, recompute", [(None, False), (2, False), (2, True)])
+def test_skip_weights_d_match_the_loop(dtype, tol, backend, last_only, chunk, recompute):
+    """``+ D u`` added in place: values and every gradient (D's and u's included) as the loop's."""
+    u, b_kernel, a, c_kernel, h0 = _inputs(dtype, length=5, u_dim=3, out_dim=3, seed=21)
+    d = torch.randn(3, generator=torch.Generator().manual_seed(22), dtype=dtype)
+    leaves = [t.detach().clone().requires_grad_() for t in (u, b_kernel, a, c_kernel, h0, d)]
+    refs = [t.detach().clone().requires_grad_() for t in (u, b_kernel, a, c_kernel, h0, d)]
+    y, last = conv_scan(*leaves[:4], 5, leaves[4], last_only=last_only, chunk=chunk, recompute=recompute,
+                        backend=_backend(backend), d=leaves[5])
+    y_ref, last_ref = conv_scan_reference(*refs[:4], 5, refs[4], last_only=last_only, d=refs[5])
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(23), dtype=dtype)
+    ((y * weight).sum() + last.real.sum()).backward()
+    ((y_ref * weight).sum() + last_ref.real.sum()).backward()
+    for got, want in zip(leaves, refs, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=tol * 10, atol=tol * 10)
+
+
+def test_skip_weights_need_one_per_channel():
+    u, b_kernel, a, c_kernel, h0 = _inputs(length=2, u_dim=3, out_dim=2)
+    with pytest.raises(ValueError, match="one skip weight per input channel"):
+        conv_scan(u, b_kernel, a, c_kernel, 2, h0, d=torch.ones(3, dtype=u.dtype))
+    c_square = torch.zeros(3, c_kernel.shape[1], 3, 3, dtype=u.dtype)
+    with pytest.raises(ValueError, match="one skip weight per input channel"):
+        conv_scan(u, b_kernel, a, c_square, 2, h0, d=torch.ones(2, dtype=u.dtype))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("last_only, recompute", [(False, False), (True, False), (False, True)])
+def test_bf16_frames_under_autocast_stay_bf16_with_the_skip(last_only, recompute, backend):
+    """bf16 frames in (what a model under bf16 autocast feeds): the readout comes out bf16
+    without an fp32 round trip, u's gradient is bf16, and values and gradients (D's too)
+    stay within bf16 rounding of the fp64 loop."""
+    u, b_kernel, a, c_kernel, h0 = _inputs(torch.float32, length=6, batch=2, u_dim=8, p=8, out_dim=8, size=(6, 7),
+                                           seed=31)
+    d = torch.randn(8, generator=torch.Generator().manual_seed(32))
+    u = u.bfloat16()
+    leaves = [t.detach().clone().requires_grad_() for t in (u, b_kernel, a, c_kernel, h0, d)]
+    refs = [t.detach().to(torch.complex128 if t.is_complex() else torch.float64).requires_grad_()
+            for t in (u, b_kernel, a, c_kernel, h0, d)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, last = conv_scan(*leaves[:4], 6, leaves[4], last_only=last_only, chunk=4, recompute=recompute,
+                            backend=_backend(backend), d=leaves[5])
+    y_ref, last_ref = conv_scan_reference(*refs[:4], 6, refs[4], last_only=last_only, d=refs[5])
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(y, y_ref) < 1e-2
+    weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
+    ((y.float() * weight.float()).sum() + last.real.sum()).backward()
+    ((y_ref * weight).sum() + last_ref.real.sum()).backward()
+    assert leaves[0].grad.dtype == torch.bfloat16
+    for got, want in zip(leaves, refs, strict=True):
+        real = (lambda t: torch.view_as_real(t)) if got.is_complex() else (lambda t: t)
+        assert _relative_error(real(got.grad), real(want.grad)) < 2e-2

@@ -43,3 +43,32 @@ def test_gradcheck_and_bad_arguments():
         gelu_mix_dropout(args[0], torch.randn(2, 3, 3, 3), None, 0.1, True)
     with pytest.raises(ValueError, match=r"dropout p must be in \[0, 1\), got 1.0"):
         gelu_mix_dropout(args[0], args[1], args[2], 1.0, True)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_bf16_input_under_autocast_runs_as_autocast_runs_the_modules(p):
+    """bf16 ``v`` under bf16 autocast: the same output, mask and gradients as autocast's run
+    of the composed form (GELU and the convolution in bf16), the parameters' gradients in
+    their own dtype, and only ``v`` and a bool mask kept for backward."""
+    gen = torch.Generator().manual_seed(3)
+    v = torch.randn(6, 16, 9, 7, generator=gen).bfloat16().contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(8, 16, 1, 1, generator=gen), torch.randn(8, generator=gen)
+    leaves = [t.clone().requires_grad_() for t in (v, weight, bias)]
+    refs = [t.clone().requires_grad_() for t in (v, weight, bias)]
+    saved = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(7)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = gelu_mix_dropout(*leaves, p, True)
+        torch.manual_seed(7)
+        expected = gelu_mix_dropout_reference(*refs, p, True)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    big = [t for t in saved if t.numel() >= out.numel()]
+    assert [t.dtype for t in big] == [torch.bfloat16] + ([torch.bool] if p else [])
+    weight_out = torch.randn(out.shape, generator=gen).bfloat16()
+    (out * weight_out).float().sum().backward()
+    (expected * weight_out).float().sum().backward()
+    for got, want in zip(leaves, refs, strict=True):
+        assert got.grad.dtype == want.grad.dtype
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-2, atol=1e-2)
