@@ -20,6 +20,14 @@ class FastRmsNorm(RmsNorm):
         weight = self.weight
         if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
             return super().forward(x)
+        return self._normalize(x, torch.empty_like(x))
+
+    @torch.no_grad()
+    def normalize_(self, x: torch.Tensor) -> torch.Tensor:
+        """The inference form written into ``x`` itself (a tensor its caller owns and no longer needs)."""
+        return self._normalize(x, x)
+
+    def _normalize(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         scale = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
-        out = torch.mul(x, scale.add_(self.eps).rsqrt_())
-        return out.mul_(weight) if weight is not None else out
+        torch.mul(x, scale.add_(self.eps).rsqrt_(), out=out)
+        return out.mul_(self.weight) if self.weight is not None else out

@@ -66,6 +66,9 @@ def test_fast_rms_norm_equals_timms_and_keeps_gradients(dtype, tol):
     x = 3 * torch.randn(5, 7, 64, dtype=dtype)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), reference(x), rtol=tol, atol=tol)
+    owned = x.clone().transpose(0, 1)  # a strided view, as ViG's mixer passes the GLA output
+    assert fast.normalize_(owned) is owned
+    torch.testing.assert_close(owned, reference(x).transpose(0, 1), rtol=tol, atol=tol)
     x.requires_grad_(True)
     grad_fast = torch.autograd.grad(fast(x).sum(), [x, fast.weight])
     grad_ref = torch.autograd.grad(reference(x).sum(), [x, reference.weight])

@@ -116,14 +116,15 @@ class ViGMixer(Mixer):
         """Gate between the global (GLA) and the local (conv) branch per head, project."""
         heads = (self.num_heads, -1)
         logits = self.g_proj(xs)
-        local = self.l_norm(xs.unflatten(-1, heads))
-        o = self.g_norm(o.to(self.g_norm.weight.dtype))
-        if torch.is_grad_enabled() or not logits.dtype == local.dtype == o.dtype:
+        if torch.is_grad_enabled() or not logits.dtype == xs.dtype == o.dtype == self.g_norm.weight.dtype:
+            local = self.l_norm(xs.unflatten(-1, heads))
+            o = self.g_norm(o.to(self.g_norm.weight.dtype))
             mixed = torch.lerp(local, o.to(local.dtype), torch.sigmoid(logits).unflatten(-1, heads).to(local.dtype))
             return self.o_proj(self.out_act(mixed.flatten(-2)))
-        # Inference: the gate, the mix and the activation in place on fresh tensors (the
-        # norms' outputs and the projection's), three (L, dim) buffers fewer per block.
-        mixed = local.lerp_(o, logits.sigmoid_().unflatten(-1, heads)).flatten(-2)
+        # Inference: norms, gate, mix and activation in place on tensors this mixer made and
+        # reads no more (xs, o, the gate logits): five (L, dim) buffers fewer per block.
+        local = self.l_norm.normalize_(xs.unflatten(-1, heads))
+        mixed = local.lerp_(self.g_norm.normalize_(o), logits.sigmoid_().unflatten(-1, heads)).flatten(-2)
         return self.o_proj(_act_(self.out_act, mixed))
 
     def forward(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
