@@ -137,10 +137,12 @@ class ConvS5Layer(nn.Module):
         return y.unflatten(0, (-1, batch)).transpose(0, 1), last
 
     def forward_frames(
-        self, frames: torch.Tensor, length: int, state: torch.Tensor | None = None, last_only: bool = False
+        self, frames: torch.Tensor, length: int, state: torch.Tensor | None = None, last_only: bool = False,
+        norm: nn.GroupNorm | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` on time-major frames ``(T*B, U, H, W)`` (frame ``t*B + b``), the
-        layout :class:`ConvS5` keeps: every time step is then one contiguous slice."""
+        layout :class:`ConvS5` keeps: every time step is then one contiguous slice. Given
+        ``norm``, the layer reads ``norm(frames)`` (fused: only ``frames`` is kept for backward)."""
         Abar, kernel = self.discretize()
         p = self.state_dim
         # State channels interleaved (Re 0, Im 0, Re 1, ...): in channels-last memory the
@@ -149,8 +151,9 @@ class ConvS5Layer(nn.Module):
         # Re(C x) = Re C * Re x - Im C * Im x over the same interleaved channels.
         c_kernel = torch.stack([self.C[0], -self.C[1]], dim=2).flatten(1, 2)
         h0 = None if state is None else state.permute(0, 2, 3, 1)
+        norm_args = None if norm is None else (norm.weight, norm.bias, norm.num_groups, norm.eps)
         y, last = conv_scan(frames, b_kernel, Abar, c_kernel, length, h0, last_only,
-                            recompute=self.recompute_states and self.training, d=self.D)
+                            recompute=self.recompute_states and self.training, d=self.D, norm=norm_args)
         return y, last.permute(0, 3, 1, 2)
 
     def init_state(self, batch_size: int, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -197,7 +200,7 @@ class ConvS5Block(nn.Module):
     def _forward_frames(
         self, u: torch.Tensor, length: int, state: torch.Tensor | None, last_only: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        y, last = self.ssm.forward_frames(self.norm(u), length, state, last_only)
+        y, last = self.ssm.forward_frames(u, length, state, last_only, norm=self.norm)
         skip = _LastFrames.apply(u, u.shape[0] // length) if last_only else u
         return skip + self._branch_out(y), last
 

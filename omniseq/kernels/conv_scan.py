@@ -36,7 +36,10 @@ from torch.autograd.function import once_differentiable
 from omniseq.kernels._backend import resolve_backend
 from omniseq.kernels.cpu.plane_scan import plane_scan_forward_, plane_scan_reverse_
 
-__all__ = ["conv_scan", "conv_scan_reference"]
+__all__ = ["GroupNormArgs", "conv_scan", "conv_scan_reference"]
+
+# (weight, bias, groups, eps) of a GroupNorm that conv_scan applies to its input first.
+GroupNormArgs = tuple[torch.Tensor | None, torch.Tensor | None, int, float]
 
 
 def _complex_planes(real: torch.Tensor, length: int) -> torch.Tensor:
@@ -162,8 +165,12 @@ def _chunks(length: int, chunk: int) -> list[tuple[int, int]]:
 
 class _ConvScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, b_kernel, a, c_kernel, d, h0, length, padding, last_only, chunk, recompute,  # type: ignore[override]
-                conv_dtype, compiled):
+    def forward(ctx, x, b_kernel, a, c_kernel, d, h0, norm_weight, norm_bias, length, padding, last_only,  # type: ignore[override]
+                chunk, recompute, conv_dtype, compiled, norm_groups, norm_eps):
+        # With a norm, x is normalised here and kept instead of its normalisation, which
+        # backward recomputes (one elementwise pass) rather than keeping both.
+        ctx.norm = (norm_groups, norm_eps) if norm_groups else None
+        u, stats = (x, ()) if ctx.norm is None else _group_norm(x, norm_weight, norm_bias, *ctx.norm)
         batch, in_dtype = u.shape[0] // length, u.dtype
         work = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
         # The readout comes out in the input's dtype when the convolutions run in it (bf16 frames
@@ -188,15 +195,15 @@ class _ConvScanFn(torch.autograd.Function):
         if last_only:
             read = z[-batch:].clone()  # the last frame's states; the sequence is freed
             ys.append(_conv(read, c_kernel, padding, out_dtype))
-            ctx.save_for_backward(u, b_kernel, a, c_kernel, d, h0, read, tangent)
-        elif keep:
-            ctx.save_for_backward(u, b_kernel, a, c_kernel, d, h0, z, None)
+            states, extra = read, tangent
         else:
-            ctx.save_for_backward(u, b_kernel, a, c_kernel, d, h0, None, torch.stack(boundaries))
+            states, extra = (z, None) if keep else (None, torch.stack(boundaries))
         y = ys[0] if len(ys) == 1 else torch.cat(ys).contiguous(memory_format=torch.channels_last)
         if d is not None:  # + D u, in place (the input kept for backward serves its gradient too);
             # D in y's dtype: a mixed-dtype addcmul_ would copy y to fp32 and back
             y.addcmul_(d.to(y.dtype)[:, None, None], u[-batch:] if last_only else u)
+        kept = u if ctx.norm is None else x
+        ctx.save_for_backward(kept, b_kernel, a, c_kernel, d, h0, states, extra, norm_weight, norm_bias, *stats)
         ctx.length, ctx.padding, ctx.last_only, ctx.chunk, ctx.work = length, padding, last_only, chunk, work
         ctx.low, ctx.compiled, ctx.in_dtype = low, compiled, in_dtype
         ctx.set_materialize_grads(False)
@@ -206,10 +213,16 @@ class _ConvScanFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y, grad_last):  # type: ignore[override]
         if grad_y is None and grad_last is None:
-            return (None,) * 13
-        u, b_kernel, a, c_kernel, d, h0, read, extra = ctx.saved_tensors
+            return (None,) * 17
+        kept, b_kernel, a, c_kernel, d, h0, read, extra, norm_weight, norm_bias, *stats = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grads = _Grads(u, b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low, ctx.compiled, ctx.in_dtype)
+        u = kept
+        if ctx.norm is not None:  # the normalised input again, bit for bit
+            u = _group_norm(kept, norm_weight, norm_bias, *ctx.norm)[0]
+            needs = (any(needs[i] for i in (0, 6, 7)), *needs[1:])
+        grads = _Grads(u.to(b_kernel.dtype), b_kernel, a, c_kernel, ctx.padding, needs, ctx.work, ctx.low,
+                       ctx.compiled, ctx.in_dtype)
+        u = grads.inputs
         if ctx.last_only:
             g = grads.readout(grad_y, read, 1)
             g = grad_last if g is None else (g[0] if grad_last is None else g[0] + grad_last)
@@ -220,7 +233,26 @@ class _ConvScanFn(torch.autograd.Function):
             first = backward(grads, grad_y, grad_last, read, extra, h0, ctx.length, ctx.chunk)
         grad_h0 = first * a.conj() if h0 is not None and needs[5] else None
         grad_d = None if d is None else grads.skip(grad_y, d, u[-(u.shape[0] // ctx.length):] if ctx.last_only else u)
-        return grads.u, grads.b, grads.a, grads.c, grad_d, grad_h0, None, None, None, None, None, None, None
+        grad_x, grad_norm_weight, grad_norm_bias = grads.u, None, None
+        if ctx.norm is not None and grads.u is not None:
+            grad_x, grad_norm_weight, grad_norm_bias = _group_norm_backward(
+                grads.u, kept, norm_weight, *stats, ctx.norm[0], ctx.needs_input_grad)
+        return (grad_x, grads.b, grads.a, grads.c, grad_d, grad_h0, grad_norm_weight, grad_norm_bias,
+                *(None,) * 9)
+
+
+def _group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, groups: int,
+                eps: float) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``F.group_norm`` (as ``nn.GroupNorm`` runs it, channels-last kept) and its mean and 1/std."""
+    out, mean, rstd = torch.native_group_norm(x, weight, bias, x.shape[0], x.shape[1], x[0, 0].numel(), groups, eps)
+    return out, (mean, rstd)
+
+
+def _group_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
+                         rstd: torch.Tensor, groups: int, needs: tuple[bool, ...]):
+    return torch.ops.aten.native_group_norm_backward(
+        grad.contiguous(memory_format=torch.channels_last), x, mean, rstd, weight, x.shape[0], x.shape[1],
+        x[0, 0].numel(), groups, [needs[0], needs[6] and weight is not None, needs[7]])
 
 
 def _scan_states_(z: torch.Tensor, steps: int, a: torch.Tensor, carry: torch.Tensor | None, first_step: int,
@@ -433,7 +465,15 @@ def _decayed(last: torch.Tensor, a_conj: torch.Tensor, steps: int, low: torch.dt
 
 
 def _check(u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor,
-           h0: torch.Tensor | None, length: int, chunk: int | None, d: torch.Tensor | None = None) -> None:
+           h0: torch.Tensor | None, length: int, chunk: int | None, d: torch.Tensor | None = None,
+           norm: GroupNormArgs | None = None) -> None:
+    if norm is not None:
+        weight, bias, groups, _ = norm
+        if groups <= 0 or u.dim() != 4 or u.shape[1] % groups or any(
+                t is not None and t.shape != (u.shape[1],) for t in (weight, bias)):
+            raise ValueError(f"conv_scan: norm must be (weight, bias, groups, eps) of a GroupNorm over the "
+                             f"{u.shape[1] if u.dim() == 4 else '?'} input channels (groups dividing them, "
+                             f"weight and bias of that size or None), got groups {groups}")
     if chunk is not None and chunk <= 0:
         raise ValueError(f"conv_scan: chunk must be a positive number of time steps, got {chunk}")
     p = a.shape[0] if a.dim() == 1 else -1
@@ -458,6 +498,7 @@ def conv_scan(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
     h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
     conv_dtype: torch.dtype | None = None, backend: str = "auto", d: torch.Tensor | None = None,
+    norm: GroupNormArgs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Readouts ``C (*) h_t (+ D u_t)`` of ``h_t = a * h_{t-1} + B (*) u_t`` and the last state.
 
@@ -488,13 +529,17 @@ def conv_scan(
         d: ``(U,)`` per-channel skip weights (needs ``U_out == U``): ``+ D u_t`` is added in
             place to each readout, and its backward reads the input kept anyway (rounded to
             ``conv_dtype``), so the skip keeps no tensor of its own.
+        norm: ``(weight, bias, groups, eps)`` of a GroupNorm applied to ``u`` first (u and D's
+            skip are then the normalised frames): the op keeps ``u`` itself for backward and
+            recomputes its normalisation there, instead of keeping both.
 
     Returns:
         ``y`` channels-last ``(L*B, U_out, H, W)`` (``(B, U_out, H, W)`` with ``last_only``) in
         ``u``'s dtype (half precision is computed in fp32 unless the convolutions run in it),
         and the last state ``(B, H, W, P)``.
     """
-    _check(u, b_kernel, a, c_kernel, h0, length, chunk, d)
+    _check(u, b_kernel, a, c_kernel, h0, length, chunk, d, norm)
+    norm_weight, norm_bias, groups, eps = norm if norm is not None else (None, None, 0, 0.0)
     work = torch.float32 if u.dtype in (torch.float16, torch.bfloat16) else u.dtype
     cplx = torch.complex128 if work == torch.float64 else torch.complex64
     if conv_dtype is None:
@@ -502,9 +547,9 @@ def conv_scan(
     with torch.autocast(u.device.type, enabled=False):
         y, last = _ConvScanFn.apply(
             u.contiguous(memory_format=torch.channels_last), b_kernel.to(work), a.to(cplx), c_kernel.to(work),
-            None if d is None else d.to(work), None if h0 is None else h0.to(cplx).contiguous(), length,
-            b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute, conv_dtype,
-            work == torch.float32 and resolve_backend(backend, u, cpu_kernel="plane_scan") == "cpu")
+            None if d is None else d.to(work), None if h0 is None else h0.to(cplx).contiguous(), norm_weight,
+            norm_bias, length, b_kernel.shape[-1] // 2, last_only, chunk or -(-length // 4), recompute, conv_dtype,
+            work == torch.float32 and resolve_backend(backend, u, cpu_kernel="plane_scan") == "cpu", groups, eps)
     return y.to(u.dtype), last
 
 
@@ -520,11 +565,13 @@ def _autocast_conv_dtype(device_type: str) -> torch.dtype:
 def conv_scan_reference(
     u: torch.Tensor, b_kernel: torch.Tensor, a: torch.Tensor, c_kernel: torch.Tensor, length: int,
     h0: torch.Tensor | None = None, last_only: bool = False, chunk: int | None = None, recompute: bool = False,
-    d: torch.Tensor | None = None,
+    d: torch.Tensor | None = None, norm: GroupNormArgs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame-by-frame loop with complex states and complex kernels; the test oracle
     (``chunk`` and ``recompute`` change how :func:`conv_scan` computes, not what)."""
-    _check(u, b_kernel, a, c_kernel, h0, length, chunk, d)
+    _check(u, b_kernel, a, c_kernel, h0, length, chunk, d, norm)
+    if norm is not None:
+        u = F.group_norm(u, norm[2], norm[0], norm[1], norm[3])
     pad = b_kernel.shape[-1] // 2
     b_complex = torch.complex(b_kernel[0::2], b_kernel[1::2])  # (P, U, k, k)
     frames = u.unflatten(0, (length, -1))

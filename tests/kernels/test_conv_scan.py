@@ -215,21 +215,26 @@ def test_skip_weights_need_one_per_channel():
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("last_only, recompute", [(False, False), (True, False), (False, True)])
-def test_bf16_frames_under_autocast_stay_bf16_with_the_skip(last_only, recompute, backend):
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_bf16_frames_under_autocast_stay_bf16_with_the_skip(last_only, recompute, backend, with_norm):
     """bf16 frames in (what a model under bf16 autocast feeds): the readout comes out bf16
-    without an fp32 round trip, u's gradient is bf16, and values and gradients (D's too)
-    stay within bf16 rounding of the fp64 loop."""
+    without an fp32 round trip, u's gradient is bf16, and values and gradients (D's and the
+    fused norm's too) stay within bf16 rounding of the fp64 loop."""
     u, b_kernel, a, c_kernel, h0 = _inputs(torch.float32, length=6, batch=2, u_dim=8, p=8, out_dim=8, size=(6, 7),
                                            seed=31)
-    d = torch.randn(8, generator=torch.Generator().manual_seed(32))
-    u = u.bfloat16()
-    leaves = [t.detach().clone().requires_grad_() for t in (u, b_kernel, a, c_kernel, h0, d)]
-    refs = [t.detach().to(torch.complex128 if t.is_complex() else torch.float64).requires_grad_()
-            for t in (u, b_kernel, a, c_kernel, h0, d)]
+    gen = torch.Generator().manual_seed(32)
+    d, weight, bias = (torch.randn(8, generator=gen) for _ in range(3))
+    u = (u * 2 + 1).bfloat16()
+    tensors = (u, b_kernel, a, c_kernel, h0, d, weight, bias)
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    refs = [t.detach().to(torch.complex128 if t.is_complex() else torch.float64).requires_grad_() for t in tensors]
+    if not with_norm:
+        leaves, refs = leaves[:6], refs[:6]
+    norm, norm_ref = ((leaves[6], leaves[7], 2, 1e-5), (refs[6], refs[7], 2, 1e-5)) if with_norm else (None, None)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, last = conv_scan(*leaves[:4], 6, leaves[4], last_only=last_only, chunk=4, recompute=recompute,
-                            backend=_backend(backend), d=leaves[5])
-    y_ref, last_ref = conv_scan_reference(*refs[:4], 6, refs[4], last_only=last_only, d=refs[5])
+                            backend=_backend(backend), d=leaves[5], norm=norm)
+    y_ref, last_ref = conv_scan_reference(*refs[:4], 6, refs[4], last_only=last_only, d=refs[5], norm=norm_ref)
     assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
     assert _relative_error(y, y_ref) < 1e-2
     weight = torch.randn(y.shape, generator=torch.Generator().manual_seed(33), dtype=torch.float64)
@@ -239,3 +244,45 @@ def test_bf16_frames_under_autocast_stay_bf16_with_the_skip(last_only, recompute
     for got, want in zip(leaves, refs, strict=True):
         real = (lambda t: torch.view_as_real(t)) if got.is_complex() else (lambda t: t)
         assert _relative_error(real(got.grad), real(want.grad)) < 2e-2
+
+
+@pytest.mark.parametrize("dtype, tol, backend", [(torch.float64, 1e-10, "auto"), (torch.float32, 2e-5, "torch"),
+                                                 (torch.float32, 2e-5, "cpu")])
+@pytest.mark.parametrize("last_only", [False, True])
+@pytest.mark.parametrize("chunk, recompute", [(None, False), (2, True)])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_fused_group_norm_matches_the_loop_on_normalised_frames(dtype, tol, backend, last_only, chunk, recompute,
+                                                                groups):
+    """``norm``: the op normalises its input itself; values and every gradient (the norm's
+    weight and bias, and u's through the norm) as the loop on ``group_norm(u)``."""
+    u, b_kernel, a, c_kernel, h0 = _inputs(dtype, length=5, u_dim=6, out_dim=6, seed=41)
+    gen = torch.Generator().manual_seed(42)
+    d, weight, bias = (torch.randn(6, generator=gen, dtype=dtype) for _ in range(3))
+    u = (u * 3 + 1).contiguous(memory_format=torch.channels_last)  # off zero mean and unit variance
+    tensors = (u, b_kernel, a, c_kernel, h0, d, weight, bias)
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    refs = [t.detach().clone().requires_grad_() for t in tensors]
+    y, last = conv_scan(*leaves[:4], 5, leaves[4], last_only=last_only, chunk=chunk, recompute=recompute,
+                        backend=_backend(backend), d=leaves[5], norm=(leaves[6], leaves[7], groups, 1e-5))
+    y_ref, last_ref = conv_scan_reference(*refs[:4], 5, refs[4], last_only=last_only, d=refs[5],
+                                          norm=(refs[6], refs[7], groups, 1e-5))
+    torch.testing.assert_close(y, y_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(last, last_ref, rtol=tol, atol=tol)
+    weight_y = torch.randn(y.shape, generator=gen, dtype=dtype)
+    ((y * weight_y).sum() + last.real.sum()).backward()
+    ((y_ref * weight_y).sum() + last_ref.real.sum()).backward()
+    for got, want in zip(leaves, refs, strict=True):
+        torch.testing.assert_close(got.grad, want.grad, rtol=tol * 10, atol=tol * 10)
+
+
+def test_fused_group_norm_keeps_the_input_not_its_normalisation():
+    u, b_kernel, a, c_kernel, h0 = _inputs(torch.float32, length=4, u_dim=6, out_dim=6, seed=43)
+    u = u.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight, bias = torch.ones(6, requires_grad=True), torch.zeros(6, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y, _ = conv_scan(u, b_kernel, a, c_kernel, 4, h0, d=torch.ones(6), norm=(weight, bias, 1, 1e-5))
+    frames_sized = [t for t in saved if t.shape == u.shape]
+    assert len(frames_sized) == 1 and frames_sized[0].data_ptr() == u.data_ptr()
+    with pytest.raises(ValueError, match="norm must be"):
+        conv_scan(u, b_kernel, a, c_kernel, 4, h0, norm=(weight, bias, 4, 1e-5))  # 4 groups of 6 channels
