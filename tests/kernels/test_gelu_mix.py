@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from omniseq.kernels.gelu_mix import gelu_mix_dropout, gelu_mix_dropout_reference, keep_mask
