@@ -234,6 +234,7 @@ class _ConvScanFn(torch.autograd.Function):
         grad_h0 = first * a.conj() if h0 is not None and needs[5] else None
         grad_d = None if d is None else grads.skip(grad_y, d, u[-(u.shape[0] // ctx.length):] if ctx.last_only else u)
         grad_x, grad_norm_weight, grad_norm_bias = grads.u, None, None
+        u = grads.inputs = None  # (the recomputed normalisation: freed before the norm's backward)
         if ctx.norm is not None and grads.u is not None:
             grad_x, grad_norm_weight, grad_norm_bias = _group_norm_backward(
                 grads.u, kept, norm_weight, *stats, ctx.norm[0], ctx.needs_input_grad)
