@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 __version__ = "0.1.0"
+
+# Large CPU tensors on transparent huge pages (PyTorch's own switch, read at torch's first
+# allocation, so it takes effect when omniseq is imported before torch allocates, as the CLI
+# does). Steps that allocate and free hundreds of MB each (ConvS5 on a grid) spent a fifth of
+# their CPU time in page faults and held freed memory; 2 MB pages cut both (README, "ConvS5 on
+# a 33 x 49 grid"). THP_MEM_ALLOC_ENABLE=0 turns it off.
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 # The vision models are timm citizens: `timm.create_model("vig_tiny_patch16_224")` works
 # after `import omniseq`. Registering them needs torch and timm (seconds to import), which
