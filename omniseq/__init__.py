@@ -14,8 +14,16 @@ __version__ = "0.1.0"
 # does). Steps that allocate and free hundreds of MB each (ConvS5 on a grid) spent a fifth of
 # their CPU time in page faults and held freed memory; 2 MB pages cut both (README, "ConvS5 on
 # a 33 x 49 grid"). THP_MEM_ALLOC_ENABLE=0 turns it off.
+#
+# torch's OpenMP workers (GNU libgomp on Linux) spin 300,000 rounds after every parallel region
+# before they sleep; on two threads that spinning was a sixth of a ConvS5 grid step's
+# CPU-seconds, and it stalls work the main thread runs between regions. 10,000 rounds cut the
+# step's CPU-seconds by 17% and left a small forecasting step as fast (README, Troubleshooting).
+# libgomp reads it when it loads, so it too needs omniseq imported before torch; a value set
+# by the user wins.
 if sys.platform.startswith("linux"):
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 # The vision models are timm citizens: `timm.create_model("vig_tiny_patch16_224")` works
 # after `import omniseq`. Registering them needs torch and timm (seconds to import), which

@@ -1,5 +1,6 @@
 """``import omniseq`` before torch puts large CPU tensors on transparent huge pages (2 MB),
-and ``THP_MEM_ALLOC_ENABLE=0`` keeps torch's default (4 KB pages unless the system forces THP)."""
+and ``THP_MEM_ALLOC_ENABLE=0`` keeps torch's default (4 KB pages unless the system forces THP);
+it also shortens OpenMP's spin-wait (``GOMP_SPINCOUNT``) unless the user set one."""
 
 from __future__ import annotations
 
@@ -53,3 +54,15 @@ def test_large_tensors_are_on_huge_pages_by_default():
 @pytest.mark.skipif(_thp_mode() != "madvise", reason="only under THP 'madvise' does the switch decide")
 def test_the_user_can_turn_huge_pages_off():
     assert _huge_page_kb(THP_MEM_ALLOC_ENABLE="0") == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libgomp's switch: Linux only")
+def test_openmp_spin_wait_is_shortened_unless_the_user_chose_one():
+    probe = "import omniseq, os; print(os.environ['GOMP_SPINCOUNT'])"
+    for given, expected in ((None, "10000"), ("300000", "300000")):
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("GOMP_SPINCOUNT", None)
+        if given is not None:
+            env["GOMP_SPINCOUNT"] = given
+        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr

@@ -2,8 +2,10 @@
 channels-last convolution output stored in fp32 or bf16, with an fp32 recurrence.
 
 Both functions take the real channels-last frames ``(steps*B, 2P, H, W)`` whose channels
-interleave the real and imaginary parts of the ``P`` complex states, and split the
-``B*H*W`` rows over torch's threads. The PyTorch path in :mod:`omniseq.kernels.conv_scan`
+interleave the real and imaginary parts of the ``P`` complex states. They run on the calling
+thread: right after a convolution torch's OpenMP workers are still spinning, and splitting the
+rows over Python threads made the scans slower on two threads (forward 79-87 ms against 64-71
+ms per grid step), as they competed with the spinning workers for the cores. The PyTorch path in :mod:`omniseq.kernels.conv_scan`
 computes the same and is their test oracle.
 """
 
@@ -14,7 +16,7 @@ import ctypes
 import torch
 
 from omniseq.kernels.cpu._build import load_cpu_library
-from omniseq.kernels.cpu.selective_scan import _pointer, _run, _slices
+from omniseq.kernels.cpu.selective_scan import _pointer, _run
 
 __all__ = ["plane_scan_forward_", "plane_scan_reverse_", "supports"]
 
@@ -69,12 +71,9 @@ def plane_scan_forward_(frames: torch.Tensor, steps: int, a: torch.Tensor, carry
     if tangent is not None and not tangent.is_contiguous():
         raise ValueError("plane_scan: tangent must be contiguous (it is updated in place)")
     kernel = _kernel("plane_scan_fwd", frames.dtype)
-    _run([
-        lambda lo=lo, hi=hi: kernel(*_head(steps, rows, p, lo, hi), _pointer(frames), _pointer(a_real),
-                                    _pointer(carry_real), _pointer(torch.view_as_real(last)),
-                                    _pointer(tangent_real), ctypes.c_int64(first_step))
-        for lo, hi in _slices(rows)
-    ], "plane_scan")  # fmt: skip
+    _run([lambda: kernel(*_head(steps, rows, p, 0, rows), _pointer(frames), _pointer(a_real), _pointer(carry_real),
+                         _pointer(torch.view_as_real(last)), _pointer(tangent_real), ctypes.c_int64(first_step))],
+         "plane_scan")
     return last
 
 
@@ -90,17 +89,13 @@ def plane_scan_reverse_(grads: torch.Tensor, steps: int, a: torch.Tensor, later:
     if states is not None and (states.shape != grads.shape or states.dtype != grads.dtype or not supports(states)):
         raise ValueError("plane_scan: states must match the gradient frames' shape, dtype and layout")
     first = torch.empty(shape, dtype=torch.complex64)
-    slices = _slices(rows)
-    grad_a = torch.zeros(len(slices), 2 * p, dtype=torch.float64) if states is not None else None
+    grad_a = torch.zeros(2 * p, dtype=torch.float64) if states is not None else None
     a_real, later_real, extra_real, prev_real = _real(a), _real(later), _real(extra), _real(prev)
     kernel = _kernel("plane_scan_bwd", grads.dtype)
-    _run([
-        lambda i=i, lo=lo, hi=hi: kernel(
-            *_head(steps, rows, p, lo, hi), _pointer(grads), ctypes.c_int64(int(has_input)), _pointer(a_real),
-            _pointer(later_real), _pointer(extra_real), _pointer(torch.view_as_real(first)), _pointer(states),
-            _pointer(prev_real), _pointer(None if grad_a is None else grad_a[i]))
-        for i, (lo, hi) in enumerate(slices)
-    ], "plane_scan")  # fmt: skip
+    _run([lambda: kernel(*_head(steps, rows, p, 0, rows), _pointer(grads), ctypes.c_int64(int(has_input)),
+                         _pointer(a_real), _pointer(later_real), _pointer(extra_real),
+                         _pointer(torch.view_as_real(first)), _pointer(states), _pointer(prev_real),
+                         _pointer(grad_a))], "plane_scan")
     if grad_a is None:
         return first, None
-    return first, torch.view_as_complex(grad_a.sum(0).float().view(p, 2).contiguous())
+    return first, torch.view_as_complex(grad_a.float().view(p, 2).contiguous())
