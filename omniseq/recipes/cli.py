@@ -102,6 +102,8 @@ class OmniseqCLI(LightningCLI):
                 budget.set_minutes(minutes)
             if not budgets:
                 extra.append(CPUTimeBudget(minutes))
+        if config.get("precision") is not None and config.get("plugins"):
+            config["plugins"] = _without_auto_precision(config["plugins"])
         trainer = self._instantiate_trainer(config, extra)
         use_atomic_checkpoints(trainer)  # no lost last.ckpt when a run is killed mid-write
         if trainer.fast_dev_run:  # Lightning's save_last at train end ignores fast_dev_run: no dev-run last.ckpt
@@ -165,6 +167,18 @@ class OmniseqCLI(LightningCLI):
         if kwargs.get("ckpt_path") == "last":  # an unreadable last.ckpt falls back to the previous good one
             kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer)
         return kwargs
+
+
+def _without_auto_precision(plugins: object) -> object:
+    """A recipe's :class:`~omniseq.recipes.precision.BF16WhereNative` gives way to an explicit
+    ``--trainer.precision`` (Lightning refuses both)."""
+    from omniseq.recipes.precision import BF16WhereNative
+
+    if isinstance(plugins, BF16WhereNative):
+        return None
+    if isinstance(plugins, list):
+        return [p for p in plugins if not isinstance(p, BF16WhereNative)] or None
+    return plugins
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

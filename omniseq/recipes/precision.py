@@ -1,0 +1,60 @@
+"""bf16 mixed precision where the hardware runs bf16 natively, fp32 where it would be emulated.
+
+A recipe lists :class:`BF16WhereNative` under ``trainer.plugins``. On a GPU with bf16, or a
+CPU with AVX512-BF16 or AMX, it is Lightning's ``bf16-mixed``: ConvS5's convolutions then
+run in bf16 (its scan stays fp32), about twice as fast on such a CPU. Elsewhere bf16 would be
+emulated and slower, so the plugin runs fp32. Either way it says which, and why, in one
+line. An explicit ``--trainer.precision`` replaces it (:class:`omniseq.recipes.cli.OmniseqCLI`
+drops the plugin), so ``--trainer.precision 32-true`` is the way to force fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["BF16WhereNative", "native_bf16"]
+
+_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16(device: str, cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether ``device`` ("cpu" or "cuda") computes bf16 natively, and the reason in words.
+    ``cpuinfo`` stands in for ``/proc/cpuinfo`` (tests)."""
+    if device == "cuda":
+        supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return supported, "this GPU supports bf16" if supported else "this GPU has no bf16"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False, "the CPU's features are unknown (no /proc/cpuinfo)"
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    found = [flag for flag in _CPU_FLAGS if flag in flags]
+    if found:
+        return True, f"this CPU has {found[0].upper().replace('_', '-')}"
+    return False, "this CPU has no AVX512-BF16 or AMX, where bf16 would be emulated and slower"
+
+
+class BF16WhereNative(MixedPrecision):
+    """``bf16-mixed`` on hardware with native bf16, fp32 elsewhere (see the module docstring)."""
+
+    def __init__(self) -> None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        super().__init__("bf16-mixed", device)
+        self.native, self.reason = native_bf16(device)
+        if not self.native:
+            self.precision = "32-true"
+        self._said = False
+
+    def autocast_context_manager(self) -> contextlib.AbstractContextManager:
+        if not self._said:  # said at first use: an explicit --trainer.precision replaces the plugin first
+            rank_zero_info(f"omniseq: precision {self.precision} ({self.reason}); --trainer.precision chooses another")
+            self._said = True
+        if not self.native:
+            return contextlib.nullcontext()
+        return super().autocast_context_manager()
