@@ -361,6 +361,19 @@ def _sequence_backward(grads, grad_y, grad_last, states_real, boundaries, h0, le
     return carry_grad
 
 
+def _chunk_states(grads, states, boundaries, h0, k, start, steps, batch, scan_):
+    """Chunk ``k``'s states (frames ``start*batch`` on) in the convolutions' storage dtype, kept or
+    recomputed from the chunk's first carry with ``scan_(z, steps, a, carry, first_step)``, and
+    the state before the chunk."""
+    rows = slice(start * batch, (start + steps) * batch)
+    if states is not None:
+        prev = h0 if start == 0 else _complex_planes(states[rows.start - batch:rows.start].to(grads.work), 1)[0]
+        return states[rows], prev
+    z = _conv(grads.inputs[rows], grads.b_kernel, grads.padding, grads.states_dtype)
+    scan_(z, steps, grads.a_value, boundaries[k], start)
+    return z, boundaries[k]
+
+
 def _sequence_backward_low(grads, grad_y, grad_last, states_low, boundaries, h0, length, chunk):
     """:func:`_sequence_backward` with the states and their gradients kept in the
     convolutions' low precision and every scan step in working precision (see
@@ -371,13 +384,7 @@ def _sequence_backward_low(grads, grad_y, grad_last, states_low, boundaries, h0,
     for k in range(len(spans) - 1, -1, -1):
         start, stop = spans[k]
         steps, rows = stop - start, slice(start * batch, stop * batch)
-        if states_low is not None:
-            z = states_low[rows]
-            prev = h0 if start == 0 else _complex_planes(states_low[rows.start - batch:rows.start].to(grads.work), 1)[0]
-        else:
-            prev = boundaries[k]
-            z = _conv(grads.inputs[rows], grads.b_kernel, grads.padding, grads.b_kernel.dtype)
-            _scan_low_(z, steps, a, prev, start)
+        z, prev = _chunk_states(grads, states_low, boundaries, h0, k, start, steps, batch, _scan_low_)
         grad = grads.readout(None if grad_y is None else grad_y[rows], z, steps, as_states=False)
         if grad is None:
             grad = torch.zeros_like(z)
@@ -402,13 +409,8 @@ def _sequence_backward_compiled(grads, grad_y, grad_last, states, boundaries, h0
     for k in range(len(spans) - 1, -1, -1):
         start, stop = spans[k]
         steps, rows = stop - start, slice(start * batch, stop * batch)
-        if states is not None:
-            z = states[rows]
-            prev = h0 if start == 0 else _complex_planes(states[rows.start - batch:rows.start].to(grads.work), 1)[0]
-        else:
-            prev = boundaries[k]
-            z = _conv(grads.inputs[rows], grads.b_kernel, grads.padding, grads.states_dtype)
-            plane_scan_forward_(z, steps, a, prev, None, start)
+        z, prev = _chunk_states(grads, states, boundaries, h0, k, start, steps, batch,
+                                lambda z, n, a, carry, first: plane_scan_forward_(z, n, a, carry, first_step=first))
         grad = grads.readout(None if grad_y is None else grad_y[rows], z, steps, as_states=False)
         has_input = grad is not None
         if grad is None:

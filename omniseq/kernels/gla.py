@@ -84,6 +84,16 @@ def _check_inputs(
         raise ValueError(f"{name}: q, k, v, g, initial_state must be floating point tensors")
 
 
+def _chunking(length: int, chunk_size: int) -> tuple[int, int, int]:
+    """Chunk length, number of chunks and zero padding for a sequence of ``length`` steps;
+    short inputs need not pay for a whole chunk (rounded up to a multiple of 16 instead)."""
+    chunk = chunk_size
+    if length < chunk_size and chunk_size % 16 == 0:
+        chunk = max(16, -(-length // 16) * 16)
+    count = -(-length // chunk)
+    return chunk, count, count * chunk - length
+
+
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """fp32 for half inputs (states and gate sums must not run in 8-bit mantissas)."""
     dtype = tensors[0].dtype
@@ -206,11 +216,7 @@ def _chunked_forward(
     out_dtype = q.dtype
     dtype = _compute_dtype(q, k, v, g, initial_state)
     scale = K**-0.5 if scale is None else scale
-    chunk = chunk_size
-    if L < chunk_size and chunk_size % 16 == 0:
-        chunk = max(16, -(-L // 16) * 16)  # short inputs need not pay for a whole chunk
-    num_chunks = -(-L // chunk)
-    pad = num_chunks * chunk - L
+    chunk, num_chunks, pad = _chunking(L, chunk_size)
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
         # Zero padding is exact: k = v = 0 adds nothing and g = 0 keeps the state.

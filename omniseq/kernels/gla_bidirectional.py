@@ -30,6 +30,7 @@ from omniseq.kernels.gla import (
     _FACTOR_SPAN,
     _NARROW_GATE_SUM,
     _check_inputs,
+    _chunking,
     _compute_dtype,
     _scan_states,
     gated_linear_attention,
@@ -92,11 +93,7 @@ def _fused(q, k, v, g_forward, g_backward, scale: float, chunk_size: int) -> tor
     B, L, H, K = q.shape
     V = v.shape[-1]
     out_dtype, dtype = q.dtype, _compute_dtype(q, k, v, g_forward, g_backward)
-    chunk = chunk_size
-    if L < chunk_size and chunk_size % 16 == 0:
-        chunk = max(16, -(-L // 16) * 16)  # short inputs need not pay for a whole chunk
-    N = -(-L // chunk)
-    pad = N * chunk - L
+    chunk, N, pad = _chunking(L, chunk_size)
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
         # Zero padding is exact in both directions: k = v = 0 adds nothing, g = 0 keeps the state.
