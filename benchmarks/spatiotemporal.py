@@ -181,12 +181,12 @@ def grid_step_child(variant: str, steps: int, threads: int, batch: int) -> None:
 ROWS = (
     ("before", "before", False),
     ("before, huge pages", "before", True),
-    ("after (as packaged)", "after", True),
-    ("after, 4 KB pages", "after", False),
-    ("recompute_states", "recompute_states", True),
-    ("bf16-mixed", "bf16-mixed", True),
-    ("bf16-mixed, 4 KB pages", "bf16-mixed", False),
-    ("bf16-mixed + recompute_states", "bf16-mixed+recompute", True),
+    ("after, fp32", "after", True),
+    ("after, fp32, 4 KB pages", "after", False),
+    ("after, fp32 + recompute_states", "recompute_states", True),
+    ("after, bf16-mixed (the recipe here)", "bf16-mixed", True),
+    ("after, bf16-mixed, 4 KB pages", "bf16-mixed", False),
+    ("after, bf16-mixed + recompute_states", "bf16-mixed+recompute", True),
 )
 
 
