@@ -44,12 +44,21 @@ class BF16WhereNative(MixedPrecision):
     """``bf16-mixed`` on hardware with native bf16, fp32 elsewhere (see the module docstring)."""
 
     def __init__(self) -> None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        super().__init__("bf16-mixed", device)
-        self.native, self.reason = native_bf16(device)
-        if not self.native:
-            self.precision = "32-true"
+        super().__init__("bf16-mixed", "cuda" if torch.cuda.is_available() else "cpu")
+        self._decide(self.device)
         self._said = False
+
+    def _decide(self, device: str) -> None:
+        self.device = device
+        self.native, self.reason = native_bf16(device)
+        self.precision = "bf16-mixed" if self.native else "32-true"
+
+    def connect(self, model, optimizers, lr_schedulers):  # type: ignore[override]
+        # The model is on its device now (a CPU run on a machine with a GPU decides for the CPU).
+        device = next((p.device.type for p in model.parameters()), self.device)
+        if device != self.device:
+            self._decide(device)
+        return super().connect(model, optimizers, lr_schedulers)
 
     def autocast_context_manager(self) -> contextlib.AbstractContextManager:
         if not self._said:  # said at first use: an explicit --trainer.precision replaces the plugin first

@@ -55,3 +55,13 @@ def test_a_recipe_with_the_plugin_trains_and_an_explicit_precision_replaces_it(t
     explicit = build_cli(_demo(tmp_path / "fp32", "--trainer.precision", "32-true"), run=False)
     assert not isinstance(explicit.trainer.precision_plugin, BF16WhereNative)
     assert explicit.trainer.precision == "32-true"
+
+
+def test_the_plugin_decides_for_the_device_the_model_is_on(monkeypatch):
+    seen = []
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (seen.append(device) or device == "cpu", device))
+    plugin = BF16WhereNative()
+    plugin._decide("cuda")  # as built on a machine with a GPU
+    assert plugin.precision == "32-true"
+    plugin.connect(torch.nn.Linear(2, 2), [], [])  # the model stayed on the CPU
+    assert plugin.device == "cpu" and plugin.precision == "bf16-mixed" and seen[-1] == "cpu"
