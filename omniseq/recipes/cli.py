@@ -102,8 +102,8 @@ class OmniseqCLI(LightningCLI):
                 budget.set_minutes(minutes)
             if not budgets:
                 extra.append(CPUTimeBudget(minutes))
-        if config.get("precision") is not None and config.get("plugins"):
-            config["plugins"] = _without_auto_precision(config["plugins"])
+        if config.get("plugins"):
+            config = _resolve_auto_precision(config)
         trainer = self._instantiate_trainer(config, extra)
         use_atomic_checkpoints(trainer)  # no lost last.ckpt when a run is killed mid-write
         if trainer.fast_dev_run:  # Lightning's save_last at train end ignores fast_dev_run: no dev-run last.ckpt
@@ -169,16 +169,28 @@ class OmniseqCLI(LightningCLI):
         return kwargs
 
 
-def _without_auto_precision(plugins: object) -> object:
-    """A recipe's :class:`~omniseq.recipes.precision.BF16WhereNative` gives way to an explicit
-    ``--trainer.precision`` (Lightning refuses both)."""
-    from omniseq.recipes.precision import BF16WhereNative
+def _resolve_auto_precision(config: dict) -> dict:
+    """A recipe's :class:`~omniseq.recipes.precision.BF16WhereNative` becomes the precision it
+    stands for (bf16-mixed or 32-true for the device the run uses), so that every strategy
+    (FSDP and DDP bring their own precision plugins) gets a plain precision flag; an explicit
+    ``--trainer.precision`` wins instead of Lightning refusing both."""
+    import torch
+    from lightning.pytorch.utilities import rank_zero_info
 
-    if isinstance(plugins, BF16WhereNative):
-        return None
-    if isinstance(plugins, list):
-        return [p for p in plugins if not isinstance(p, BF16WhereNative)] or None
-    return plugins
+    from omniseq.recipes.precision import BF16WhereNative, native_bf16
+
+    plugins = config["plugins"] if isinstance(config["plugins"], list) else [config["plugins"]]
+    if not any(isinstance(p, BF16WhereNative) for p in plugins):
+        return config
+    rest = [p for p in plugins if not isinstance(p, BF16WhereNative)] or None
+    precision = config.get("precision")
+    if precision is None:
+        accelerator = config.get("accelerator", "auto")
+        on_cpu = not torch.cuda.is_available() or (isinstance(accelerator, str) and accelerator == "cpu")
+        native, why = native_bf16("cpu" if on_cpu else "cuda")
+        precision = "bf16-mixed" if native else "32-true"
+        rank_zero_info(f"omniseq: precision {precision} ({why}); --trainer.precision chooses another")
+    return {**config, "plugins": rest, "precision": precision}
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

@@ -3,9 +3,11 @@
 A recipe lists :class:`BF16WhereNative` under ``trainer.plugins``. On a GPU with bf16, or a
 CPU with AVX512-BF16 or AMX, it is Lightning's ``bf16-mixed``: ConvS5's convolutions then
 run in bf16 (its scan stays fp32), about twice as fast on such a CPU. Elsewhere bf16 would be
-emulated and slower, so the plugin runs fp32. Either way it says which, and why, in one
-line. An explicit ``--trainer.precision`` replaces it (:class:`omniseq.recipes.cli.OmniseqCLI`
-drops the plugin), so ``--trainer.precision 32-true`` is the way to force fp32.
+emulated and slower, so it is fp32. Either way it says which, and why, in one line. The CLI
+(:class:`omniseq.recipes.cli.OmniseqCLI`) turns it into that precision flag before the
+Trainer is built, so every strategy brings its own precision plugin as usual, and an explicit
+``--trainer.precision`` (``32-true`` forces fp32) wins. Given to a ``Trainer`` directly, it
+is a precision plugin that decides for the device the model is on.
 """
 
 from __future__ import annotations

@@ -45,15 +45,21 @@ def _demo(root, *extra):
             "--trainer.plugins", "omniseq.recipes.precision.BF16WhereNative", *BUDGET, *extra]
 
 
-def test_a_recipe_with_the_plugin_trains_and_an_explicit_precision_replaces_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "test"))
-    cli = build_cli(_demo(tmp_path / "auto"), run=False)
-    assert isinstance(cli.trainer.precision_plugin, BF16WhereNative) and cli.trainer.precision == "bf16-mixed"
+def test_a_recipe_with_the_plugin_trains_and_an_explicit_precision_replaces_it(tmp_path, monkeypatch, caplog):
+    """The CLI turns the plugin into the precision flag it stands for (so any strategy can bring
+    its own precision plugin) and says why; an explicit --trainer.precision wins."""
+    caplog.set_level("INFO")
+    for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
+        monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: (native, f"{device} test"))
+        cli = build_cli(_demo(tmp_path / expected), run=False)
+        assert not isinstance(cli.trainer.precision_plugin, BF16WhereNative)
+        assert cli.trainer.precision == expected
+        assert f"omniseq: precision {expected} (cpu test)" in caplog.text
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in cli.model.parameters())
+    monkeypatch.setattr(precision, "native_bf16", lambda device: (True, "test"))
     explicit = build_cli(_demo(tmp_path / "fp32", "--trainer.precision", "32-true"), run=False)
-    assert not isinstance(explicit.trainer.precision_plugin, BF16WhereNative)
     assert explicit.trainer.precision == "32-true"
 
 
