@@ -1,9 +1,10 @@
 """Silence Lightning's own noise, and nothing else.
 
 Only messages raised inside Lightning about Lightning are dropped: its advert for a
-cloud logger, and torch's deprecation of ``LeafSpec`` that Lightning's own
-``utilities/_pytree.py`` triggers (fixed upstream; nothing a user can act on). Warnings
-about the user's model, data or configuration still show.
+cloud logger, torch's deprecation of ``LeafSpec`` that Lightning's own
+``utilities/_pytree.py`` triggers (fixed upstream; nothing a user can act on), and the
+model summary's note that it sizes a bf16-mixed model as fp32 (every bf16 recipe would
+print it). Warnings about the user's model, data or configuration still show.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def silence_lightning_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"Precision \S+ is not supported by the model summary",
+        module=r"lightning\.pytorch\.utilities\.model_summary",
     )
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
         logger = logging.getLogger(name)
