@@ -21,7 +21,7 @@ because the generic composition costs memory and time that this layer does not n
 
 On the CPU the scans (forward, reverse and ``dL/da``) run in a compiled kernel
 (:mod:`omniseq.kernels.cpu.plane_scan`) that carries a block of rows through every step
-with its state in L1, so each frame is read and written once in its storage dtype; the
+with its state in cache, so each frame is read and written once in its storage dtype; the
 PyTorch scans below remain the path elsewhere and with ``backend="torch"``.
 
 :func:`conv_scan_reference` (a loop over frames with complex tensors) is the test oracle.

@@ -5,7 +5,7 @@
  * frame is one contiguous slab, so the torch path runs one fused multiply-add per frame
  * over the whole slab and streams it through memory several times (with bf16 storage:
  * a cast up, the update, a cast back). Here a block of rows is carried through every
- * step with its state in a small buffer that stays in L1: each frame is read and
+ * step with its state in a small buffer that stays in cache: each frame is read and
  * written once, in its storage type, and the recurrence always runs in fp32.
  *
  * Forward:  h_t = a * h_{t-1} + z_t written over z_t (rounded to the storage type);
@@ -13,8 +13,8 @@
  * Reverse:  g_t = input_t + conj(a) g_{t+1} (+ extra at the last step) written over g_t;
  *           optionally dL/da += conj(h_{t-1}) g_t with h_{t-1} read from `states`
  *           (`prev` before the first step).
- * Rows [row_lo, row_hi) are handled, so callers split rows over threads; each slice
- * gets its own dL/da buffer (2P doubles, re/im interleaved) and the caller sums them.
+ * Rows [row_lo, row_hi) are handled (a caller may split rows over threads, giving each
+ * slice its own dL/da buffer of 2P doubles, re/im interleaved, and summing them).
  */
 #include <stdint.h>
 #include <stdlib.h>
