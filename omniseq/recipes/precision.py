@@ -63,7 +63,7 @@ class BF16WhereNative(MixedPrecision):
         return super().connect(model, optimizers, lr_schedulers)
 
     def autocast_context_manager(self) -> contextlib.AbstractContextManager:
-        if not self._said:  # said at first use: an explicit --trainer.precision replaces the plugin first
+        if not self._said:  # said at first use, once the device is known (the CLI says it earlier, itself)
             rank_zero_info(f"omniseq: precision {self.precision} ({self.reason}); --trainer.precision chooses another")
             self._said = True
         if not self.native:
