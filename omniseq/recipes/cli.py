@@ -177,7 +177,7 @@ def _resolve_auto_precision(config: dict) -> dict:
     import torch
     from lightning.pytorch.utilities import rank_zero_info
 
-    from omniseq.recipes.precision import BF16WhereNative, native_bf16
+    from omniseq.recipes.precision import BF16WhereNative, precision_for
 
     plugins = config["plugins"] if isinstance(config["plugins"], list) else [config["plugins"]]
     if not any(isinstance(p, BF16WhereNative) for p in plugins):
@@ -187,9 +187,8 @@ def _resolve_auto_precision(config: dict) -> dict:
     if precision is None:
         accelerator = config.get("accelerator", "auto")
         on_cpu = not torch.cuda.is_available() or (isinstance(accelerator, str) and accelerator == "cpu")
-        native, why = native_bf16("cpu" if on_cpu else "cuda")
-        precision = "bf16-mixed" if native else "32-true"
-        rank_zero_info(f"omniseq: precision {precision} ({why}); --trainer.precision chooses another")
+        precision, line = precision_for("cpu" if on_cpu else "cuda")
+        rank_zero_info(line)
     return {**config, "plugins": rest, "precision": precision}
 
 

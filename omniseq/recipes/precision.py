@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["BF16WhereNative", "native_bf16"]
+__all__ = ["BF16WhereNative", "native_bf16", "precision_for"]
 
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -42,6 +42,13 @@ def native_bf16(device: str, cpuinfo: str | None = None) -> tuple[bool, str]:
     return False, "this CPU has no AVX512-BF16 or AMX, where bf16 would be emulated and slower"
 
 
+def precision_for(device: str) -> tuple[str, str]:
+    """The precision flag :class:`BF16WhereNative` stands for on ``device``, and the line that says why."""
+    native, why = native_bf16(device)
+    precision = "bf16-mixed" if native else "32-true"
+    return precision, f"omniseq: precision {precision} ({why}); --trainer.precision chooses another"
+
+
 class BF16WhereNative(MixedPrecision):
     """``bf16-mixed`` on hardware with native bf16, fp32 elsewhere (see the module docstring)."""
 
@@ -52,8 +59,8 @@ class BF16WhereNative(MixedPrecision):
 
     def _decide(self, device: str) -> None:
         self.device = device
-        self.native, self.reason = native_bf16(device)
-        self.precision = "bf16-mixed" if self.native else "32-true"
+        self.precision, self.line = precision_for(device)
+        self.native = self.precision == "bf16-mixed"
 
     def connect(self, model, optimizers, lr_schedulers):  # type: ignore[override]
         # The model is on its device now (a CPU run on a machine with a GPU decides for the CPU).
@@ -64,7 +71,7 @@ class BF16WhereNative(MixedPrecision):
 
     def autocast_context_manager(self) -> contextlib.AbstractContextManager:
         if not self._said:  # said at first use, once the device is known (the CLI says it earlier, itself)
-            rank_zero_info(f"omniseq: precision {self.precision} ({self.reason}); --trainer.precision chooses another")
+            rank_zero_info(self.line)
             self._said = True
         if not self.native:
             return contextlib.nullcontext()
