@@ -1,13 +1,15 @@
-"""``Dropout(Conv1x1(GELU(v)))`` as one autograd op that keeps only ``v`` and a 1-byte mask.
+"""``Dropout(Conv1x1(GELU(v)))`` as one autograd op that keeps only ``v``.
 
 The composed modules keep three full-size tensors per call for backward: GELU's input,
 the 1x1 convolution's input (GELU's output) and dropout's mask as floats. This op keeps
-``v`` and the mask as booleans and recomputes ``GELU(v)`` in backward (one elementwise
-pass). The mask comes from one 16-bit uniform integer per element (:func:`keep_mask`):
-on the CPU that is several times faster than ``bernoulli_``, which draws a full random
-number per element, so it is a different random stream from ``torch.nn.functional.dropout``
-with the same keep probability (to within 2^-17); the kept values are scaled by the float
-``1 / (1 - p)`` rounded to the output's dtype, as dropout scales them.
+``v``, recomputes ``GELU(v)`` in backward (one elementwise pass) and keeps no mask: the mask
+is a counter-based random function of the element's index and a 64-bit key drawn from
+torch's generator (:func:`keep_mask`), so backward draws it again from the key. On the CPU a
+compiled kernel (:mod:`omniseq.kernels.cpu.dropout`) generates and applies it in one pass;
+``bernoulli_`` and a bool mask cost five passes, one of them serial. It is a different random
+stream from ``torch.nn.functional.dropout``, with the same keep probability to within 2^-17;
+the kept values are scaled by the float ``1 / (1 - p)`` rounded to the output's dtype, as
+dropout scales them.
 Under autocast with ``v`` already in the autocast dtype (bf16 frames from ConvS5's scan) the
 op runs as autocast runs the composed form: GELU and the convolution in that dtype.
 
@@ -20,18 +22,78 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-__all__ = ["gelu_mix_dropout", "gelu_mix_dropout_reference", "keep_mask"]
+from omniseq.kernels.cpu import dropout as cpu_dropout
+
+__all__ = ["dropout_key", "gelu_mix_dropout", "gelu_mix_dropout_reference", "keep_mask", "philox_words"]
 
 
-def keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
-    """A Bernoulli(1 - p) bool mask shaped and laid out like ``like``: element i is kept when
-    the i-th 16-bit half of uniform int32 draws is below ``round((1 - p) 2^16) - 2^15``."""
+_PHILOX_M = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_W = (0x9E3779B9, 0xBB67AE85)
+_LOW32 = 0xFFFFFFFF
+_TILE_BLOCKS = 1024  # Philox blocks per tile of 8192 elements (4 words of 2 halves per block)
+
+
+def dropout_key() -> tuple[int, int]:
+    """A fresh 64-bit key (two 32-bit words) from torch's default generator: seeding torch
+    (and restoring its state on resume) decides every mask."""
+    low, high = torch.randint(0, 2**32, (2,), dtype=torch.int64).tolist()
+    return low, high
+
+
+def _mulhilo(m: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of ``m * c`` (both < 2^32) in int64, without overflowing it."""
+    a, b = m * (c & 0xFFFF), m * (c >> 16)  # m * c = a + b * 2^16, each term < 2^48
+    low = a + ((b & 0xFFFF) << 16)
+    return ((b >> 16) + (low >> 32)) & _LOW32, low & _LOW32
+
+
+def philox_words(blocks: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+    """Philox4x32-10 (Salmon et al. 2011) on the counters ``(block, 0, 0, 0)`` for int64
+    ``blocks``: the four 32-bit words per block, ``(4, n)`` int64."""
+    c0, c1 = blocks & _LOW32, blocks >> 32
+    c2, c3 = torch.zeros_like(blocks), torch.zeros_like(blocks)
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(_PHILOX_M[0], c0)
+        hi1, lo1 = _mulhilo(_PHILOX_M[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + _PHILOX_W[0]) & _LOW32, (k1 + _PHILOX_W[1]) & _LOW32
+    return torch.stack([c0, c1, c2, c3])
+
+
+def keep_threshold(p: float) -> int:
+    return round((1 - p) * 65536)
+
+
+def keep_mask(like: torch.Tensor, p: float, key: tuple[int, int]) -> torch.Tensor:
+    """A Bernoulli(1 - p) bool mask shaped and laid out like ``like``, a function of ``key``
+    and each element's position in memory: tile t of 8192 elements runs Philox4x32-10 on the
+    counters ``t * 1024 + b``; its element ``r * 2048 + 2 b + h`` is kept when the 16-bit half
+    ``h`` (0: low) of word ``r`` of block ``b`` is below ``round((1 - p) 2^16)``."""
     count = like.numel()
-    words = torch.randint(-2**31, 2**31, ((count + 1) // 2,), dtype=torch.int32, device=like.device)
+    tiles = -(-count // (8 * _TILE_BLOCKS))
+    blocks = torch.arange(tiles * _TILE_BLOCKS, dtype=torch.int64, device=like.device)
+    words = philox_words(blocks, key).view(4, tiles, _TILE_BLOCKS).transpose(0, 1)
+    halves = torch.stack([words & 0xFFFF, words >> 16], dim=-1).flatten()[:count]
     keep = torch.empty_like(like, dtype=torch.bool)  # dense, in like's memory order
-    threshold = round((1 - p) * 65536) - 32768
-    torch.lt(words.view(torch.int16)[:count], threshold, out=keep.as_strided((count,), (1,)))
+    torch.lt(halves, keep_threshold(p), out=keep.as_strided((count,), (1,)))
     return keep
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
+def _drop(x: torch.Tensor, key: tuple[int, int], p: float, scale: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """``keep ? x * scale : 0`` with :func:`keep_mask`'s mask over ``x``'s memory order (x dense)."""
+    out = x if in_place else torch.empty_like(x)
+    if cpu_dropout.supports(x, _layout(x)):
+        cpu_dropout.philox_dropout(x, out, key, keep_threshold(p), scale.item())
+        return out
+    dropped = keep_mask(x, p, key).logical_not_()
+    # zeroing, not multiplying by the mask, casts no mask to x's dtype
+    return torch.mul(x, scale, out=out).masked_fill_(dropped, 0)
 
 
 class _GeluMixDropoutFn(torch.autograd.Function):
@@ -42,24 +104,20 @@ class _GeluMixDropoutFn(torch.autograd.Function):
         ctx.param_dtype = weight.dtype
         weight, bias = weight.to(v.dtype), None if bias is None else bias.to(v.dtype)
         out = F.conv2d(F.gelu(v), weight, bias)
-        keep = None
+        ctx.p, ctx.layout = p, _layout(out)
         if p > 0:
-            keep = keep_mask(out, p)
-            scale = torch.ones((), dtype=out.dtype, device=out.device).div_(1 - p)
-            # zeroing, not multiplying by the mask, casts no mask to out's dtype
-            out.masked_fill_(keep.logical_not(), 0).mul_(scale)
-            ctx.scale = scale
-        ctx.save_for_backward(v, weight, keep)
+            ctx.key, ctx.scale = dropout_key(), torch.ones((), dtype=out.dtype).div_(1 - p)
+            _drop(out, ctx.key, p, ctx.scale, in_place=True)
+        ctx.save_for_backward(v, weight)
         ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        v, weight, keep = ctx.saved_tensors
-        if keep is not None:  # selecting by the mask, not multiplying by it, casts no mask (and,
-            # unlike masked_fill, keeps a channels-last gradient channels-last)
-            grad_out = torch.where(keep, grad_out, grad_out.new_zeros(())).mul_(ctx.scale)
+        v, weight = ctx.saved_tensors
+        if ctx.p > 0:  # the forward's mask again, from its key, over the output's memory order
+            grad_out = _drop(grad_out.contiguous(memory_format=ctx.layout), ctx.key, ctx.p, ctx.scale, in_place=False)
         needs = ctx.needs_input_grad
         grad_g, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out.to(v.dtype), F.gelu(v), weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [0, 0], [1, 1],
