@@ -202,7 +202,10 @@ class ConvS5Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         y, last = self.ssm.forward_frames(u, length, state, last_only, norm=self.norm)
         skip = _LastFrames.apply(u, u.shape[0] // length) if last_only else u
-        return skip + self._branch_out(y), last
+        branch = self._branch_out(y)
+        if branch.dtype != skip.dtype:  # (fp32 frames under autocast: the sum is fp32)
+            return skip + branch, last
+        return branch.add_(skip), last  # in place: nothing keeps the branch's output for backward
 
     def step(self, u_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, state = self.ssm.step(self.norm(u_t), state)
@@ -290,10 +293,13 @@ class ConvS5(FrameForecaster):
         check_frames("ConvS5", x, self.in_channels)
         batch, length = x.shape[:2]
         # Time-major channels-last frames through every block: each scan step is contiguous.
-        # (With one input variable NCHW and channels-last strides coincide and the encoder's output
-        # would come out NCHW, costing a reorder in every block: ask for channels-last once.)
-        frames = x.transpose(0, 1).flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        h = self.encoder(frames).contiguous(memory_format=torch.channels_last)
+        # With one input variable the frames are NCHW and channels-last at once, and the
+        # convolution reads their strides as NCHW: its output (and its backward's gradient) would
+        # be reordered. Frames given channels-last strides explicitly keep it channels-last.
+        frames = x.transpose(0, 1).flatten(0, 1)
+        frames = torch.empty(frames.shape, dtype=frames.dtype, device=frames.device,
+                             memory_format=torch.channels_last).copy_(frames)
+        h = self.encoder(frames)
         for k, block in enumerate(self.blocks):
             h, _ = block(h, last_only=last_only and k == len(self.blocks) - 1, length=length)
         return h.unflatten(0, (-1, batch)).transpose(0, 1)

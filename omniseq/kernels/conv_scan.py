@@ -396,6 +396,7 @@ def _sequence_backward_low(grads, grad_y, grad_last, states_low, boundaries, h0,
                 grads.a += _conj_dot(_rows(prev), _rows(first))
         carry_grad = first
         grads.conv_input(grad, rows)
+        del grad, z  # freed before the next chunk allocates: one chunk's buffers at the peak, not two
     return carry_grad
 
 
@@ -421,6 +422,7 @@ def _sequence_backward_compiled(grads, grad_y, grad_last, states, boundaries, h0
         if grad_a is not None:
             grads.a += grad_a
         grads.conv_input(grad, rows)
+        del grad, z  # freed before the next chunk allocates: one chunk's buffers at the peak, not two
     return carry_grad
 
 
@@ -439,6 +441,7 @@ def _last_only_backward(grads, g, tangent, length, chunk):
             carry_grad, _ = plane_scan_reverse_(grad, stop - start, a, carry_grad,
                                                 g if carry_grad is None else None, has_input=False)
             grads.conv_input(grad, slice(start * batch, stop * batch))
+            del grad  # freed before the next chunk allocates: one chunk's buffer at the peak, not two
             continue
         last = g if carry_grad is None else carry_grad * a_conj
         grad, carry_grad = _decayed(last, a_conj, stop - start, grads.b_kernel.dtype if grads.low else None)
