@@ -16,22 +16,27 @@
 #define TILE_BLOCKS 1024
 #define TILE (8 * TILE_BLOCKS)
 
-/* All 1024 blocks of one tile; the block loop vectorises (the rounds are straight-line code). */
+/* Philox4x32-10 in place on the counter (c0, c1, c2, c3) under the key (k0, k1). */
+static inline void philox_rounds(uint32_t *c0, uint32_t *c1, uint32_t *c2, uint32_t *c3, uint32_t k0,
+                                 uint32_t k1) {
+    for (int round = 0; round < 10; ++round) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * *c0, p1 = (uint64_t)0xCD9E8D57u * *c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ *c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ *c3 ^ k1;
+        *c1 = (uint32_t)p1;
+        *c3 = (uint32_t)p0;
+        *c0 = n0;
+        *c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+}
+
+/* All 1024 blocks of one tile; the block loop vectorises (the rounds inline to straight-line code). */
 static void philox_tile(uint64_t first_block, uint32_t key0, uint32_t key1, uint32_t words[4][TILE_BLOCKS]) {
     for (int b = 0; b < TILE_BLOCKS; ++b) {
         const uint64_t block = first_block + (uint64_t)b;
         uint32_t c0 = (uint32_t)block, c1 = (uint32_t)(block >> 32), c2 = 0, c3 = 0;
-        uint32_t k0 = key0, k1 = key1;
-        for (int round = 0; round < 10; ++round) {
-            const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-            const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-            c1 = (uint32_t)p1;
-            c3 = (uint32_t)p0;
-            c0 = n0;
-            c2 = n2;
-            k0 += 0x9E3779B9u;
-            k1 += 0xBB67AE85u;
-        }
+        philox_rounds(&c0, &c1, &c2, &c3, key0, key1);
         words[0][b] = c0;
         words[1][b] = c1;
         words[2][b] = c2;
@@ -52,17 +57,8 @@ static void tile_halves(uint64_t tile, uint32_t key0, uint32_t key1, uint16_t ha
 
 /* The 4 output words of Philox4x32-10 for one counter (known-answer tests). */
 void philox4x32_10(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
-    uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3], k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; ++round) {
-        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c1 = (uint32_t)p1;
-        c3 = (uint32_t)p0;
-        c0 = n0;
-        c2 = n2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
+    uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+    philox_rounds(&c0, &c1, &c2, &c3, key[0], key[1]);
     out[0] = c0;
     out[1] = c1;
     out[2] = c2;
