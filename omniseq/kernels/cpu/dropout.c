@@ -80,29 +80,24 @@ static inline uint16_t f32_to_bf16(float v) {
     return (uint16_t)((bits & 0x7fffffffu) > 0x7f800000u ? (bits >> 16) | 0x0040u : rounded);
 }
 
-/* `out` may be `x` (in place). */
-void philox_dropout_f32(const float *x, float *out, int64_t n, uint32_t key0, uint32_t key1,
-                        uint32_t threshold, float scale) {
-    uint16_t halves[TILE];
-    for (int64_t start = 0; start < n; start += TILE) {
-        tile_halves((uint64_t)(start / TILE), key0, key1, halves);
-        const int64_t count = n - start < TILE ? n - start : TILE;
-        const float *src = x + start;
-        float *dst = out + start;
-        for (int64_t e = 0; e < count; ++e)
-            dst[e] = halves[e] < threshold ? src[e] * scale : 0.0f;
-    }
-}
+static inline float load_f32(float v) { return v; }
+static inline float store_f32(float v) { return v; }
 
-void philox_dropout_bf16(const uint16_t *x, uint16_t *out, int64_t n, uint32_t key0, uint32_t key1,
-                         uint32_t threshold, float scale) {
-    uint16_t halves[TILE];
-    for (int64_t start = 0; start < n; start += TILE) {
-        tile_halves((uint64_t)(start / TILE), key0, key1, halves);
-        const int64_t count = n - start < TILE ? n - start : TILE;
-        const uint16_t *src = x + start;
-        uint16_t *dst = out + start;
-        for (int64_t e = 0; e < count; ++e)
-            dst[e] = halves[e] < threshold ? f32_to_bf16(bf16_to_f32(src[e]) * scale) : (uint16_t)0;
+/* philox_dropout_<SUFFIX>(x, out, n, key0, key1, threshold, scale): out = keep ? x * scale : 0
+ * over n elements of storage type S (`out` may be `x`), in fp32 arithmetic. */
+#define DEFINE_PHILOX_DROPOUT(S, SUFFIX, LOAD, STORE)                                              \
+    void philox_dropout_##SUFFIX(const S *x, S *out, int64_t n, uint32_t key0, uint32_t key1,       \
+                                 uint32_t threshold, float scale) {                                 \
+        uint16_t halves[TILE];                                                                      \
+        for (int64_t start = 0; start < n; start += TILE) {                                         \
+            tile_halves((uint64_t)(start / TILE), key0, key1, halves);                              \
+            const int64_t count = n - start < TILE ? n - start : TILE;                              \
+            const S *src = x + start;                                                               \
+            S *dst = out + start;                                                                   \
+            for (int64_t e = 0; e < count; ++e)                                                     \
+                dst[e] = halves[e] < threshold ? STORE(LOAD(src[e]) * scale) : (S)0;                \
+        }                                                                                           \
     }
-}
+
+DEFINE_PHILOX_DROPOUT(float, f32, load_f32, store_f32)
+DEFINE_PHILOX_DROPOUT(uint16_t, bf16, bf16_to_f32, f32_to_bf16)
