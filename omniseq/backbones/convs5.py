@@ -182,7 +182,7 @@ class ConvS5Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def _branch_out(self, y: torch.Tensor) -> torch.Tensor:
-        # self.drop(self.mix(F.gelu(y))), keeping y and a 1-byte mask for backward instead of three full tensors
+        # self.drop(self.mix(F.gelu(y))), keeping only y for backward instead of three full tensors
         return gelu_mix_dropout(y, self.mix.weight, self.mix.bias, self.drop.p, self.training)
 
     def forward(
