@@ -104,7 +104,7 @@ class _GeluMixDropoutFn(torch.autograd.Function):
         ctx.param_dtype = weight.dtype
         weight, bias = weight.to(v.dtype), None if bias is None else bias.to(v.dtype)
         out = F.conv2d(F.gelu(v), weight, bias)
-        ctx.p, ctx.layout = p, _layout(out)
+        ctx.p, ctx.strides = p, out.stride()
         if p > 0:
             ctx.key, ctx.scale = dropout_key(), torch.ones((), dtype=out.dtype).div_(1 - p)
             _drop(out, ctx.key, p, ctx.scale, in_place=True)
@@ -117,7 +117,10 @@ class _GeluMixDropoutFn(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         v, weight = ctx.saved_tensors
         if ctx.p > 0:  # the forward's mask again, from its key, over the output's memory order
-            grad_out = _drop(grad_out.contiguous(memory_format=ctx.layout), ctx.key, ctx.p, ctx.scale, in_place=False)
+            if grad_out.stride() != ctx.strides:
+                grad_out = torch.empty_strided(grad_out.shape, ctx.strides, dtype=grad_out.dtype,
+                                               device=grad_out.device).copy_(grad_out)
+            grad_out = _drop(grad_out, ctx.key, ctx.p, ctx.scale, in_place=False)
         needs = ctx.needs_input_grad
         grad_g, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad_out.to(v.dtype), F.gelu(v), weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1], [0, 0], [1, 1],
