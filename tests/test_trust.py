@@ -341,6 +341,25 @@ def test_convert_refuses_a_call_of_an_allowed_module_class(tmp_path, through_rec
     assert not (tmp_path / "new.pt").exists()
 
 
+class PassesAModule:
+    """Pickles as a call of an allowed pandas rebuild function with a rebuilt module among its
+    arguments: pandas would read the module (its methods, its state from the file) before
+    the converted payload is ever checked."""
+
+    def __reduce__(self):
+        from pandas.core.indexes.base import _new_Index
+
+        return _new_Index, (__import__("pandas").Index, {"data": torch.nn.Identity()})
+
+
+def test_convert_refuses_a_call_that_receives_a_module(tmp_path):
+    old = tmp_path / "old.pt"
+    torch.save({"model": PassesAModule(), KIND_KEY: "Separator"}, old)
+    with pytest.raises(SystemExit, match=r"old\.pt: it passes a module to pandas\.core\.indexes\.base\._new_Index"):
+        main(["convert", str(old), str(tmp_path / "new.pt")])
+    assert not (tmp_path / "new.pt").exists()
+
+
 @pytest.mark.parametrize("plant", ["state_dict_hook", "method_in_instance_dict"])
 def test_convert_runs_no_callable_the_file_put_into_a_module(tmp_path, plant):
     """An allowed class (here torch.nn.Identity) stored as a hook of a submodule, or in a module's

@@ -6,9 +6,9 @@ file is refused with a message naming this command. Converting unpickles the old
 through an allow-list: omniseq, timm.layers and torch.nn modules, tensors and storages,
 numpy arrays and the pandas date types earlier versions saved. Any other global (a
 function such as ``os.system``, a foreign class) stops the conversion before it is
-called, a module class is only rebuilt from its saved state, never called, and a rebuilt
-module whose saved state holds hooks or replaces one of its methods is refused before any
-of its methods runs. Even so,
+called, a module class is only rebuilt from its saved state, never called, no call receives
+a module as an argument, and a rebuilt module whose saved state holds hooks or replaces one
+of its methods is refused before any of its methods runs. Even so,
 unpickling is not as safe as reading data (the allowed rebuild functions of numpy,
 pandas and torch take arguments from the file): convert only files you trust. The new file holds tensors, numbers and strings; modules become their
 registered name, settings and weights.
@@ -80,9 +80,31 @@ def _refuse_module_call(func: Any) -> None:
                                      "which an omniseq file never did; nothing was run")
 
 
+def _holds_module(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is, or contains (in tuples, lists, dicts, sets), a module or module class."""
+    if isinstance(value, nn.Module) or (isinstance(value, type) and issubclass(value, nn.Module)):
+        return True
+    if depth < 8 and isinstance(value, (tuple, list, set, frozenset)):
+        return any(_holds_module(item, depth + 1) for item in value)
+    if depth < 8 and isinstance(value, dict):
+        return any(_holds_module(item, depth + 1) for pair in value.items() for item in pair)
+    return False
+
+
+def _refuse_module_argument(func: Any, args: Any) -> None:
+    """A module rebuilt from the file has its state from the file; a call that receives one (a
+    pandas or numpy rebuild function, say) could run its methods before ``_check_module`` looks at
+    it. Earlier omniseq files pass modules to no call but ``copyreg._reconstructor``'s class."""
+    if _holds_module(args):
+        name = getattr(func, "__qualname__", type(func).__name__)
+        raise pickle.UnpicklingError(f"it passes a module to {getattr(func, '__module__', '?')}.{name}, "
+                                     "which an omniseq file never did; nothing was run")
+
+
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
     """``copyreg._reconstructor``, which calls ``base.__init__``: refused for a module base."""
     _refuse_module_call(base)
+    _refuse_module_argument(copyreg._reconstructor, (base, state))  # cls alone may be a module class
     return copyreg._reconstructor(cls, base, state)
 
 
@@ -107,13 +129,17 @@ class _AllowListUnpickler(pickle._Unpickler):
         return _reconstructor if value is copyreg._reconstructor else value
 
     def load_reduce(self) -> None:
-        _refuse_module_call(self.stack[-2])
+        func, args = self.stack[-2], self.stack[-1]
+        _refuse_module_call(func)
+        if func is not _reconstructor:  # (which checks its own arguments)
+            _refuse_module_argument(func, args)
         pickle._Unpickler.load_reduce(self)
 
     dispatch[pickle.REDUCE[0]] = load_reduce
 
     def _instantiate(self, klass: Any, args: tuple) -> None:
         _refuse_module_call(klass)
+        _refuse_module_argument(klass, args)
         pickle._Unpickler._instantiate(self, klass, args)
 
 
